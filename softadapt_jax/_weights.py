@@ -122,7 +122,7 @@ def weights_from_history(
 
   Returns:
     ``[K]`` nonnegative weights summing to 1 (or ``K``) within ``1e-6``, in the
-    history's dtype.
+    history's dtype promoted to at least float32.
 
   Raises:
     ValueError: on a malformed history, an unknown variant, normalization or
@@ -148,7 +148,9 @@ def weights_from_history(
   _checks.check_choice("normalization", normalization, _checks.NORMALIZATIONS)
   _checks.check_scalar("beta", beta)
   _checks.check_scalar("epsilon", epsilon)
-  dtype = history.dtype
+  # Low-precision histories are weighted in float32 (the exponents need it).
+  dtype = jnp.promote_types(history.dtype, jnp.float32)
+  history = history.astype(dtype)
   epsilon = jnp.asarray(epsilon, dtype)
 
   s = _slopes(history, order, stencil=stencil)
