@@ -82,7 +82,7 @@ def oracle_weights(
     epsilon: float = ORACLE_EPSILON,
 ) -> np.ndarray:
   """The reference's ``get_component_weights`` on a ``[n, K]`` history."""
-  import softadapt  # noqa: PLC0415 (optional, test-only)
+  import softadapt
 
   obj = getattr(softadapt, _CLASS_NAMES[variant])(
       beta=beta, accuracy_order=order

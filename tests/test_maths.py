@@ -124,10 +124,7 @@ def _softmax_reference(z, beta, w=None, eps=1e-8):
 def test_weights_hand_derived(order, variant):
   h = np.array([[4.0, 2.0, 9.0], [3.0, 2.5, 6.0], [2.5, 2.0, 2.0]])
   beta = 0.7
-  if order == 1:
-    s = h[2] - h[1]
-  else:
-    s = -1.5 * h[0] + 2 * h[1] - 0.5 * h[2]
+  s = h[2] - h[1] if order == 1 else -1.5 * h[0] + 2 * h[1] - 0.5 * h[2]
   if variant == "original":
     expected = _softmax_reference(s, beta)
   elif variant == "normalized":
