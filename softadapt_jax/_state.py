@@ -63,9 +63,11 @@ def init_state(
   """
   num_losses = _checks.check_int("num_losses", num_losses, minimum=1)
   order = _checks.check_int("order", order, minimum=1)
+  if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+    raise TypeError(
+        f"`dtype` must be a floating dtype (e.g. jnp.float32), got {dtype}."
+    )
   dtype = jnp.promote_types(jnp.dtype(dtype), jnp.float32)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
   if initial_weights is None:
     weights = jnp.full((num_losses,), 1.0 / num_losses, dtype)
   else:
