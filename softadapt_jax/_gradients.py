@@ -38,7 +38,8 @@ def find_softadapt_state(tree: Any) -> SoftAdaptState:
   """The single :class:`SoftAdaptState` inside ``tree`` (e.g. an ``opt_state``).
 
   Built on ``optax.tree.get``: works for any nesting of ``optax.chain``,
-  ``inject_hyperparams``, ``MultiSteps`` or a Flax ``nnx.Optimizer``'s state.
+  ``inject_hyperparams``, ``MultiSteps`` or a Flax ``nnx.Optimizer``'s
+  ``opt_state`` (whose Variable-wrapped leaves come back as plain arrays).
 
   Args:
     tree: a :class:`SoftAdaptState`, or a pytree holding exactly one.
@@ -71,7 +72,9 @@ def find_softadapt_state(tree: Any) -> SoftAdaptState:
         "or softadapt_combine_grads(...) in the optimizer chain, or pass the "
         f"state itself (got {type(tree).__name__})."
     )
-  return found
+  # Containers such as Flax NNX's optimizer wrap each leaf (in a Variable);
+  # hand back plain arrays.
+  return SoftAdaptState(*(jnp.asarray(field) for field in found))
 
 
 def softadapt_value_and_grad(
