@@ -1,0 +1,113 @@
+"""Data parallel on 4 forced CPU devices equals the single-device run (SPEC §8).
+
+JAX fixes its device count at start-up, so the check runs in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+_SCRIPT = textwrap.dedent(
+    """
+    import functools
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import softadapt_jax as sa
+
+    assert jax.device_count() == 4, jax.devices()
+    K, STEPS = 3, 12
+    key = jax.random.key(0)
+    kx, ky, kw = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (64, 5))
+    y = jax.random.normal(ky, (64, K)) * jnp.array([10.0, 1.0, 0.1])
+    params0 = {"w": 0.1 * jax.random.normal(kw, (5, K)), "b": jnp.zeros(K)}
+
+    def losses(params, x, y):
+      return jnp.mean((x @ params["w"] + params["b"] - y) ** 2, axis=0)
+
+    settings = dict(beta=0.5, variant="loss_weighted")
+
+    def make(axis_name):
+      tx = optax.chain(
+          sa.softadapt_track(K, order=2, axis_name=axis_name, **settings),
+          optax.adam(0.05),
+      )
+      grad_fn = sa.softadapt_value_and_grad(
+          losses, axis_name=axis_name, **settings
+      )
+
+      def run(params, x, y):
+        def step(carry, _):
+          params, opt_state = carry
+          out = grad_fn(opt_state, params, x, y)
+          updates, opt_state = tx.update(
+              out.grad, opt_state, params, losses=out.losses
+          )
+          return (optax.apply_updates(params, updates), opt_state), out.weights
+        (params, opt_state), weights = jax.lax.scan(
+            step, (params, tx.init(params)), None, length=STEPS
+        )
+        return params, weights
+      return run
+
+    single_params, single_w = jax.jit(make(None))(params0, x, y)
+    assert np.ptp(np.asarray(single_w[-1])) > 1e-3  # weights moved
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharded = jax.jit(
+        jax.shard_map(
+            make("data"), mesh=mesh,
+            in_specs=(P(), P("data"), P("data")), out_specs=(P(), P()),
+            check_vma=False,
+        )
+    )
+    dp_params, dp_w = sharded(params0, x, y)
+    np.testing.assert_allclose(dp_w, single_w, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(dp_params), jax.tree.leaves(single_params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    # Every device holds the same weights: gather them per shard.
+    per_device = jax.jit(
+        jax.shard_map(
+            lambda p, x, y: make("data")(p, x, y)[1][None],
+            mesh=mesh, in_specs=(P(), P("data"), P("data")),
+            out_specs=P("data"), check_vma=False,
+        )
+    )(params0, x, y)
+    assert per_device.shape[0] == 4
+    for d in range(4):
+      np.testing.assert_array_equal(per_device[d], per_device[0])
+
+    # jit with a NamedSharding on the batch: the losses are already global.
+    batch = NamedSharding(mesh, P("data"))
+    jit_params, jit_w = jax.jit(make(None))(
+        params0, jax.device_put(x, batch), jax.device_put(y, batch)
+    )
+    np.testing.assert_allclose(jit_w, single_w, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(jit_params), jax.tree.leaves(single_params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    print("DATA-PARALLEL-OK")
+    """
+)
+
+
+def test_data_parallel_equals_single_device():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (
+      env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  )
+  env["JAX_PLATFORMS"] = "cpu"
+  result = subprocess.run(
+      [sys.executable, "-c", _SCRIPT],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert "DATA-PARALLEL-OK" in result.stdout
