@@ -8,21 +8,22 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.typing import ArrayLike
 
+from softadapt_jax import _protocol
 from softadapt_jax._state import SoftAdaptState, softadapt_weights
 
 
-class SoftAdaptGrad(NamedTuple):
-  """What :func:`softadapt_value_and_grad` returns.
+class WeightedGrad(NamedTuple):
+  """What :func:`weighted_value_and_grad` and :func:`softadapt_value_and_grad` return.
 
   Attributes:
     losses: ``[K]`` the loss components (averaged over ``axis_name`` if
       given), as the history recorded them.
     aux: the auxiliary output of ``fun`` (``None`` unless ``has_aux``).
-    weights: ``[K]`` the SoftAdapt weights of this step.
-    state: the advanced :class:`SoftAdaptState`.
+    weights: ``[K]`` the weights of this step.
+    state: the advanced state of the rule (a :class:`SoftAdaptState` for
+      SoftAdapt).
     grad: ``h = sum_k weights_k grad f_k``, a pytree like the differentiated
       argument.
   """
@@ -30,8 +31,11 @@ class SoftAdaptGrad(NamedTuple):
   losses: jax.Array
   aux: Any
   weights: jax.Array
-  state: SoftAdaptState
+  state: Any
   grad: Any
+
+
+SoftAdaptGrad = WeightedGrad
 
 
 def find_softadapt_state(tree: Any) -> SoftAdaptState:
@@ -57,24 +61,7 @@ def find_softadapt_state(tree: Any) -> SoftAdaptState:
     >>> sa.find_softadapt_state(opt_state).weights.shape
     (3,)
   """
-  if isinstance(tree, SoftAdaptState):
-    return tree
-  try:
-    found = optax.tree.get(tree, SoftAdaptState.__name__)
-  except KeyError as e:
-    raise ValueError(
-        "more than one SoftAdaptState found in the given tree; pass the one "
-        "you mean explicitly."
-    ) from e
-  if not isinstance(found, SoftAdaptState):
-    raise ValueError(
-        "no SoftAdaptState found in the given tree: put softadapt_track(...) "
-        "or softadapt_combine_grads(...) in the optimizer chain, or pass the "
-        f"state itself (got {type(tree).__name__})."
-    )
-  # Containers such as Flax NNX's optimizer wrap each leaf (in a Variable);
-  # hand back plain arrays.
-  return SoftAdaptState(*(jnp.asarray(field) for field in found))
+  return _protocol.find_weighting_state(tree, SoftAdaptState)
 
 
 def softadapt_value_and_grad(
@@ -148,20 +135,92 @@ def softadapt_value_and_grad(
       scale_by_num_losses=scale_by_num_losses,
   )
 
-  def value_and_direction(state: Any, params: Any, *args: Any) -> SoftAdaptGrad:
-    sa_state = find_softadapt_state(state)
+  return _value_and_direction(
+      fun,
+      weights_fn,
+      functools.partial(_protocol.find_weighting_state, state_type=SoftAdaptState),
+      has_aux=has_aux,
+      axis_name=axis_name,
+  )
+
+
+def weighted_value_and_grad(
+    fun: Callable[..., Any],
+    rule: _protocol.LossWeighting,
+    *,
+    has_aux: bool = False,
+) -> Callable[..., WeightedGrad]:
+  r"""The weighted direction of any :class:`LossWeighting` rule, one backward pass.
+
+  .. math::
+    (\lambda, \text{state}') = \text{rule.update}(\text{state}, f(x)), \qquad
+    h = J_f(x)^\top \lambda
+
+  The weights depend on loss values only, so ``h`` is one ``jax.vjp`` of the
+  loss vector with cotangent ``lambda`` (held constant). The returned function
+  is ``g(state, params, *args)``: ``state`` is the rule's state or any pytree
+  holding exactly one (an ``opt_state`` with :func:`track_weights` of the same
+  rule in its chain). With ``rule.axis_name`` the direction is averaged over
+  that axis too.
+
+  Args:
+    fun: ``fun(params, *args) -> losses`` (``[K]``) or ``-> (losses, aux)``.
+    rule: the weighting rule (e.g. :func:`relobralo`), the same object given to
+      :func:`track_weights`.
+    has_aux: whether ``fun`` returns auxiliary data.
+
+  Returns:
+    ``g(state, params, *args) -> WeightedGrad(losses, aux, weights, state,
+    grad)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import softadapt_jax as sa
+    >>> def losses(x):
+    ...   return jnp.stack([jnp.sum(x ** 2), jnp.sum((x - 1.0) ** 2)])
+    >>> rule = sa.relobralo(2)
+    >>> tx = optax.chain(sa.track_weights(rule), optax.sgd(0.1))
+    >>> grad_fn = jax.jit(sa.weighted_value_and_grad(losses, rule))
+    >>> x = jnp.array([0.5, 2.0])
+    >>> opt_state = tx.init(x)
+    >>> out = grad_fn(opt_state, x)
+    >>> out.weights.tolist(), out.grad.tolist()   # t = 0: weights 1 each
+    ([1.0, 1.0], [0.0, 6.0])
+    >>> updates, opt_state = tx.update(out.grad, opt_state, x, losses=out.losses)
+  """
+  rule = _protocol.check_rule(rule)
+  state_type = _protocol.state_type_of(rule)
+  return _value_and_direction(
+      fun,
+      rule.update,
+      functools.partial(_protocol.find_weighting_state, state_type=state_type),
+      has_aux=has_aux,
+      axis_name=rule.axis_name,
+  )
+
+
+def _value_and_direction(
+    fun: Callable[..., Any],
+    update: Callable[[Any, jax.Array], tuple[jax.Array, Any]],
+    find_state: Callable[[Any], Any],
+    *,
+    has_aux: bool,
+    axis_name: _protocol.AxisName,
+) -> Callable[..., WeightedGrad]:
+  def value_and_direction(state: Any, params: Any, *args: Any) -> WeightedGrad:
+    rule_state = find_state(state)
     out, vjp_fn, *aux = jax.vjp(
         lambda p: fun(p, *args), params, has_aux=has_aux
     )
     losses = jnp.asarray(out)
     if axis_name is not None:
       losses = jax.lax.pmean(losses, axis_name)
-    weights, new_state = weights_fn(sa_state, losses)
+    weights, new_state = update(rule_state, losses)
     cotangent = jax.lax.stop_gradient(weights).astype(out.dtype)
     (grad,) = vjp_fn(cotangent)
     if axis_name is not None:
       grad = jax.lax.pmean(grad, axis_name)
-    return SoftAdaptGrad(
+    return WeightedGrad(
         losses=losses,
         aux=aux[0] if has_aux else None,
         weights=weights,

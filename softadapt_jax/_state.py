@@ -8,10 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from softadapt_jax import _checks
+from softadapt_jax import _checks, _protocol
 from softadapt_jax._weights import weights_from_history
-
-_INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
 class SoftAdaptState(NamedTuple):
@@ -97,6 +95,7 @@ def softadapt_weights(
     normalization: str = "signed",
     stencil: str = "forward",
     scale_by_num_losses: bool = False,
+    log_losses: bool = False,
 ) -> tuple[jax.Array, SoftAdaptState]:
   """Records a loss vector and returns the SoftAdapt weights for this step.
 
@@ -104,8 +103,9 @@ def softadapt_weights(
 
   1. if ``axis_name`` is given, ``L_t`` is first averaged over that mapped
      axis (``lax.pmean``) so every replica holds the same state;
-  2. if ``L_t`` is all finite it is pushed into the history, else it is
-     skipped (``num_skipped`` counts it; the history is never poisoned);
+  2. if ``L_t`` is all finite (and, with ``log_losses``, all positive) it is
+     pushed into the history, else it is skipped (``num_skipped`` counts it;
+     the history is never poisoned);
   3. during warm-up (fewer than ``order + 1`` vectors recorded) the initial
      weights are returned;
   4. afterwards the weights are recomputed from the history
@@ -129,6 +129,8 @@ def softadapt_weights(
     normalization: ``"signed"`` or ``"l1"``, see :func:`weights_from_history`.
     stencil: ``"forward"`` or ``"backward"``, see :func:`slopes`.
     scale_by_num_losses: weights sum to ``K`` instead of 1.
+    log_losses: take the slopes of ``log L`` (see :func:`weights_from_history`);
+      loss vectors with an entry ``<= 0`` are skipped.
 
   Returns:
     ``(weights, new_state)``: ``[K]`` weights in the state's dtype, and the
@@ -155,28 +157,14 @@ def softadapt_weights(
   _check_state(state)
   update_every = _checks.check_int("update_every", update_every, minimum=1)
   num_rows, num_losses = state.history.shape
-  losses = jnp.asarray(losses)
-  if losses.shape != (num_losses,):
-    raise ValueError(
-        f"`losses` must have shape ({num_losses},) to match the state's "
-        f"num_losses={num_losses}, got shape {losses.shape}."
-    )
-  _checks.check_floating("losses", losses)
-  losses = losses.astype(state.history.dtype)
-  if axis_name is not None:
-    losses = jax.lax.pmean(losses, axis_name)
-
-  finite = jnp.all(jnp.isfinite(losses))
+  losses = _protocol.prepare_losses(
+      losses, num_losses, state.history.dtype, axis_name
+  )
+  recorded = _protocol.is_recordable(losses, positive=log_losses)
   pushed = jnp.concatenate([state.history[1:], losses[None]], axis=0)
-  history = jnp.where(finite, pushed, state.history)
-  count = jnp.where(
-      finite & (state.count < _INT32_MAX), state.count + 1, state.count
-  )
-  num_skipped = jnp.where(
-      finite | (state.num_skipped == _INT32_MAX),
-      state.num_skipped,
-      state.num_skipped + 1,
-  )
+  history = jnp.where(recorded, pushed, state.history)
+  count = _protocol.saturating_increment(state.count, recorded)
+  num_skipped = _protocol.saturating_increment(state.num_skipped, ~recorded)
 
   candidate = weights_from_history(
       history,
@@ -187,12 +175,13 @@ def softadapt_weights(
       normalization=normalization,
       stencil=stencil,
       scale_by_num_losses=scale_by_num_losses,
+      log_losses=log_losses,
   )
   # Recompute on the warm-up's last step and every `update_every` recorded
   # steps after it, only on a step that recorded something.
   steps_since_warm = count - num_rows
   recompute = (
-      finite & (steps_since_warm >= 0) & (steps_since_warm % update_every == 0)
+      recorded & (steps_since_warm >= 0) & (steps_since_warm % update_every == 0)
   )
   weights = jnp.where(recompute, candidate, state.weights)
   return weights, SoftAdaptState(
@@ -212,3 +201,102 @@ def _check_state(state: SoftAdaptState) -> None:
         "`state.history` must have shape [order + 1, K] with order >= 1, got "
         f"{shape}."
     )
+
+
+def softadapt(
+    num_losses: int,
+    *,
+    beta: ArrayLike = 0.1,
+    variant: str = "original",
+    order: int = 1,
+    update_every: int = 1,
+    epsilon: ArrayLike = 1e-8,
+    normalization: str = "signed",
+    stencil: str = "forward",
+    scale_by_num_losses: bool = False,
+    log_losses: bool = False,
+    initial_weights: ArrayLike | None = None,
+    axis_name: str | tuple[str, ...] | None = None,
+) -> _protocol.LossWeighting:
+  r"""SoftAdapt as a :class:`LossWeighting` rule (SPEC sections 2-6).
+
+  .. math::
+    \alpha = \mathrm{softmax}(\beta z + \log w), \quad z = s \text{ or }
+    s / \textstyle\sum_l s_l, \quad s = \text{slope of the last
+    } p + 1 \text{ loss vectors}
+
+  ``init`` is :func:`init_state` and ``update`` is :func:`softadapt_weights`
+  with these settings. With ``log_losses=True`` the slopes are those of
+  ``log L`` (the relative rate of change): the log-slope member of the family,
+  whose ``beta`` does not depend on the scale of the losses.
+
+  Args:
+    num_losses: ``K`` (static).
+    beta: temperature (traced).
+    variant: ``"original"``, ``"normalized"`` or ``"loss_weighted"``.
+    order: accuracy order ``p`` of the slopes; the state keeps ``p + 1`` loss
+      vectors.
+    update_every: recompute the weights every this many recorded vectors.
+    epsilon: softmax denominator offset.
+    normalization: ``"signed"`` (reference) or ``"l1"``, for ``normalized``.
+    stencil: ``"forward"`` (reference) or ``"backward"``.
+    scale_by_num_losses: weights sum to ``K`` instead of 1 (initial weights
+      then default to 1 each).
+    log_losses: slopes of ``log L``; non-positive loss vectors are skipped.
+    initial_weights: ``[K]`` warm-up weights (default ``1/K``, or 1 with
+      ``scale_by_num_losses``).
+    axis_name: mapped data axis to average the losses over, or ``None``.
+
+  Returns:
+    A :class:`LossWeighting` whose state is a :class:`SoftAdaptState`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import softadapt_jax as sa
+    >>> rule = sa.softadapt(2, beta=1.0, log_losses=True)
+    >>> state = rule.init()
+    >>> _, state = rule.update(state, jnp.array([1.0, 100.0]))
+    >>> w, state = rule.update(state, jnp.array([0.5, 100.0]))
+    >>> [round(x, 4) for x in w.tolist()]   # s = log(0.5), 0
+    [0.3333, 0.6667]
+
+  References:
+    Heydari, Thompson, Mehmood, *SoftAdapt*, arXiv:1912.12355.
+  """
+  num_losses = _protocol.check_num_losses(num_losses)
+  order = _checks.check_int("order", order, minimum=1)
+  update_every = _checks.check_int("update_every", update_every, minimum=1)
+  _checks.check_choice("variant", variant, _checks.VARIANTS)
+  _checks.check_choice("normalization", normalization, _checks.NORMALIZATIONS)
+  _checks.check_choice("stencil", stencil, _checks.STENCILS)
+  _checks.check_scalar("beta", beta)
+  if initial_weights is None and scale_by_num_losses:
+    initial_weights = jnp.ones((num_losses,))
+
+  def init_fn(*, key: ArrayLike | None = None, dtype=None) -> SoftAdaptState:
+    del key  # deterministic
+    return init_state(
+        num_losses,
+        order=order,
+        dtype=_protocol.state_dtype(dtype),
+        initial_weights=initial_weights,
+    )
+
+  def update_fn(
+      state: SoftAdaptState, losses: ArrayLike
+  ) -> tuple[jax.Array, SoftAdaptState]:
+    return softadapt_weights(
+        state,
+        losses,
+        beta=beta,
+        variant=variant,
+        update_every=update_every,
+        epsilon=epsilon,
+        axis_name=axis_name,
+        normalization=normalization,
+        stencil=stencil,
+        scale_by_num_losses=scale_by_num_losses,
+        log_losses=log_losses,
+    )
+
+  return _protocol.LossWeighting(init_fn, update_fn, num_losses, axis_name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -10,76 +9,129 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from softadapt_jax import _checks
-from softadapt_jax._state import SoftAdaptState, init_state, softadapt_weights
+from softadapt_jax import _protocol
+from softadapt_jax._state import softadapt
 
 
-def _softadapt_transform(
-    num_losses: int,
-    *,
-    stacked: bool,
-    beta: ArrayLike,
-    variant: str,
-    order: int,
-    update_every: int,
-    epsilon: ArrayLike,
-    axis_name: str | tuple[str, ...] | None,
-    normalization: str,
-    stencil: str,
-    scale_by_num_losses: bool,
-    initial_weights: ArrayLike | None,
+def _params_dtype(params: Any) -> jnp.dtype:
+  leaves = jax.tree.leaves(params)
+  dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+  if not jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.float32
+  return _protocol.state_dtype(dtype)
+
+
+def _weighting_transform(
+    rule: _protocol.LossWeighting, *, stacked: bool
 ) -> optax.GradientTransformationExtraArgs:
-  num_losses = _checks.check_int("num_losses", num_losses, minimum=1)
-  order = _checks.check_int("order", order, minimum=1)
-  update_every = _checks.check_int("update_every", update_every, minimum=1)
-  _checks.check_choice("variant", variant, _checks.VARIANTS)
-  _checks.check_choice("normalization", normalization, _checks.NORMALIZATIONS)
-  _checks.check_choice("stencil", stencil, _checks.STENCILS)
-  _checks.check_scalar("beta", beta)
-  if initial_weights is None and scale_by_num_losses:
-    initial_weights = jnp.ones((num_losses,))
-  weights_fn = functools.partial(
-      softadapt_weights,
-      beta=beta,
-      variant=variant,
-      update_every=update_every,
-      epsilon=epsilon,
-      axis_name=axis_name,
-      normalization=normalization,
-      stencil=stencil,
-      scale_by_num_losses=scale_by_num_losses,
-  )
+  rule = _protocol.check_rule(rule)
+  num_losses = rule.num_losses
 
-  def init_fn(params: Any) -> SoftAdaptState:
-    leaves = jax.tree.leaves(params)
-    dtype = jnp.result_type(*leaves) if leaves else jnp.float32
-    if not jnp.issubdtype(dtype, jnp.floating):
-      dtype = jnp.float32
-    return init_state(
-        num_losses, order=order, dtype=dtype, initial_weights=initial_weights
-    )
+  def init_fn(params: Any) -> Any:
+    return rule.init(dtype=_params_dtype(params))
 
   def update_fn(
       updates: Any,
-      state: SoftAdaptState,
+      state: Any,
       params: Any = None,
       *,
       losses: ArrayLike | None = None,
       **extra_args: Any,
-  ) -> tuple[Any, SoftAdaptState]:
+  ) -> tuple[Any, Any]:
     del params, extra_args
     if losses is None:
       raise TypeError(
-          "SoftAdapt needs the loss components: call "
+          "Loss weighting needs the loss components: call "
           "`tx.update(updates, state, params, losses=...)` with the [K] loss "
           f"vector (K={num_losses})."
       )
-    weights, state = weights_fn(state, losses)
+    weights, state = rule.update(state, losses)
     if stacked:
       updates = _contract_leading_axis(weights, updates, num_losses)
     return updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def track_weights(
+    rule: _protocol.LossWeighting,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Keeps any rule's state in ``opt_state`` for the one-backward-pass route.
+
+  The incoming updates are already the weighted direction computed by
+  :func:`weighted_value_and_grad` with the same ``rule``; they pass through
+  unchanged while the state records ``losses=`` exactly as the helper did. The
+  state's dtype follows the params (at least float32).
+
+  Args:
+    rule: a :class:`LossWeighting` (e.g. :func:`softadapt`, :func:`relobralo`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
+    ``losses=`` and whose state is the rule's state.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import softadapt_jax as sa
+    >>> def losses(x):
+    ...   return jnp.stack([jnp.sum(x ** 2), jnp.sum((x - 1.0) ** 2)])
+    >>> rule = sa.ratio_softadapt(2)
+    >>> tx = optax.chain(sa.track_weights(rule), optax.adam(1e-2))
+    >>> grad_fn = sa.weighted_value_and_grad(losses, rule)
+    >>> x = jnp.array([0.5, 2.0])
+    >>> opt_state = tx.init(x)
+    >>> for _ in range(3):
+    ...   out = grad_fn(opt_state, x)
+    ...   updates, opt_state = tx.update(out.grad, opt_state, x,
+    ...                                  losses=out.losses)
+    ...   x = optax.apply_updates(x, updates)
+    >>> int(opt_state[0].count)
+    3
+  """
+  return _weighting_transform(rule, stacked=False)
+
+
+def combine_grads(
+    rule: _protocol.LossWeighting,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Combines per-component gradients with any rule's weights.
+
+  .. math::
+    h = \sum_k \lambda_k g_k, \qquad
+    (\lambda, \text{state}) = \text{rule.update}(\text{state}, L)
+
+  The incoming updates are the ``K`` per-component gradients stacked on a
+  leading axis; the output is a pytree like one gradient. Prefer
+  :func:`weighted_value_and_grad` with :func:`track_weights` (one backward pass)
+  unless you need the per-component gradients anyway.
+
+  Args:
+    rule: a :class:`LossWeighting`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
+    ``losses=`` and whose state is the rule's state.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import softadapt_jax as sa
+    >>> def losses(x):
+    ...   return jnp.stack([jnp.sum(x ** 2), jnp.sum((x - 1.0) ** 2)])
+    >>> tx = optax.chain(sa.combine_grads(sa.dwa(2)), optax.sgd(0.1))
+    >>> x = jnp.array([0.5, 2.0])
+    >>> opt_state = tx.init(x)
+    >>> updates, opt_state = tx.update(jax.jacrev(losses)(x), opt_state, x,
+    ...                                losses=losses(x))
+    >>> updates.tolist()   # -0.1 * (1 g_1 + 1 g_2): DWA's first epochs
+    [-0.0, -0.6000000238418579]
+  """
+  return _weighting_transform(rule, stacked=True)
+
+
+def _softadapt_transform(
+    num_losses: int, *, stacked: bool, **settings: Any
+) -> optax.GradientTransformationExtraArgs:
+  return _weighting_transform(softadapt(num_losses, **settings), stacked=stacked)
 
 
 def _contract_leading_axis(weights: jax.Array, stacked: Any, k: int) -> Any:

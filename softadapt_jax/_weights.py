@@ -74,6 +74,7 @@ def weights_from_history(
     normalization: str = "signed",
     stencil: str = "forward",
     scale_by_num_losses: bool = False,
+    log_losses: bool = False,
 ) -> jax.Array:
   r"""SoftAdapt weights of the ``K`` loss components from their history.
 
@@ -119,6 +120,9 @@ def weights_from_history(
     stencil: ``"forward"`` (reference) or ``"backward"``, see :func:`slopes`.
     scale_by_num_losses: if true, the weights sum to ``K`` instead of 1 (so a
       weighted sum keeps the scale of the plain sum).
+    log_losses: if true, the slopes are taken of ``log H`` (the relative rate
+      of change, so one ``beta`` suits every loss scale); the history must
+      then be positive. ``loss_weighted`` still weights by the mean of ``H``.
 
   Returns:
     ``[K]`` nonnegative weights summing to 1 (or ``K``) within ``1e-6``, in the
@@ -153,7 +157,11 @@ def weights_from_history(
   history = history.astype(dtype)
   epsilon = jnp.asarray(epsilon, dtype)
 
-  s = _slopes(history, order, stencil=stencil)
+  if log_losses:
+    tiny = jnp.finfo(dtype).tiny
+    s = _slopes(jnp.log(jnp.maximum(history, tiny)), order, stencil=stencil)
+  else:
+    s = _slopes(history, order, stencil=stencil)
   if variant == "original":
     alpha = softmax_weights(s, beta, None, epsilon)
   elif variant == "normalized":

@@ -1,0 +1,163 @@
+"""Ratio SoftAdapt: the softmax of each loss over its previous value."""
+
+from __future__ import annotations
+
+import types
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from softadapt_jax import _checks, _protocol
+
+LOOKBACKS = ("previous", "last_update")
+
+# The settings that reproduce each peer's "SoftAdapt" (see docs/family.md).
+RATIO_SOFTADAPT_CONVENTIONS = types.MappingProxyType({
+    # physicsnemo/sym/loss/aggregator.py, class SoftAdapt.
+    "physicsnemo": types.MappingProxyType({
+        "temperature": 1.0,
+        "epsilon": 1e-8,
+        "scale_by_num_losses": True,
+        "lookback": "previous",
+    }),
+    # NeuralPDE.jl 6.x, src/adaptive_losses.jl, SoftAdaptAdaptiveLoss
+    # (alpha = 0.1 multiplies the relative change, so T = 1 / alpha; the
+    # reference losses are refreshed only at reweight steps).
+    "neuralpde": types.MappingProxyType({
+        "temperature": 10.0,
+        "epsilon": 1e-8,
+        "scale_by_num_losses": True,
+        "lookback": "last_update",
+    }),
+    # jinns/loss/_loss_weight_updates.py, soft_adapt.
+    "jinns": types.MappingProxyType({
+        "temperature": 1.0,
+        "epsilon": 1e-6,
+        "scale_by_num_losses": False,
+        "lookback": "previous",
+    }),
+    # jno/utils/adaptive/weights.py: K * softmax((L / L_prev) / beta), beta=0.1.
+    "jno": types.MappingProxyType({
+        "temperature": 0.1,
+        "epsilon": 0.0,
+        "scale_by_num_losses": True,
+        "lookback": "previous",
+    }),
+})
+
+
+class RatioSoftAdaptState(NamedTuple):
+  """State of :func:`ratio_softadapt`.
+
+  Attributes:
+    count: int32 scalar, number of loss vectors recorded (saturating).
+    reference: ``[K]`` the losses the next ratio divides by (the previous
+      recorded vector, or the one of the last update with
+      ``lookback="last_update"``).
+    weights: ``[K]`` the weights last returned.
+    num_skipped: int32 scalar, loss vectors skipped (non-finite or ``<= 0``).
+  """
+
+  count: jax.Array
+  reference: jax.Array
+  weights: jax.Array
+  num_skipped: jax.Array
+
+
+def ratio_softadapt(
+    num_losses: int,
+    *,
+    temperature: ArrayLike = 1.0,
+    epsilon: ArrayLike = 1e-8,
+    scale_by_num_losses: bool = True,
+    lookback: str = "previous",
+    update_every: int = 1,
+    axis_name: str | tuple[str, ...] | None = None,
+) -> _protocol.LossWeighting:
+  r"""Ratio SoftAdapt, the "SoftAdapt" of PhysicsNeMo, NeuralPDE.jl, jinns, jNO.
+
+  .. math::
+    r_k = \frac{L_k(t)}{L_k(t') + \epsilon}, \qquad
+    \lambda = S \cdot \mathrm{softmax}(r / T)
+
+  with ``t'`` the previous recorded step (or the last update step), and
+  ``S = K`` or 1. Ratios are scale-free, unlike the paper's slopes. The first
+  recorded vector only sets the reference: its weights are ``S / K`` each (a
+  plain sum when ``S = K``). Loss vectors with a non-finite or non-positive
+  entry are skipped. ``RATIO_SOFTADAPT_CONVENTIONS[peer]`` holds the settings
+  that reproduce each peer: ``ratio_softadapt(K,
+  **RATIO_SOFTADAPT_CONVENTIONS["jinns"])``.
+
+  Args:
+    num_losses: ``K`` (static).
+    temperature: ``T`` (traced).
+    epsilon: added to the reference losses.
+    scale_by_num_losses: weights sum to ``K`` (default, as PhysicsNeMo) or 1.
+    lookback: ``"previous"`` (divide by the previous recorded losses) or
+      ``"last_update"`` (by those of the last step that updated the weights,
+      as NeuralPDE.jl); the same when ``update_every=1``.
+    update_every: recompute the weights every this many recorded vectors
+      (static), holding them in between.
+    axis_name: mapped data axis to average the losses over, or ``None``.
+
+  Returns:
+    A :class:`LossWeighting` whose state is a :class:`RatioSoftAdaptState`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import softadapt_jax as sa
+    >>> rule = sa.ratio_softadapt(2, epsilon=0.0)
+    >>> state = rule.init()
+    >>> _, state = rule.update(state, jnp.array([1.0, 4.0]))
+    >>> w, state = rule.update(state, jnp.array([1.0, 2.0]))  # r = (1, 0.5)
+    >>> [round(x, 4) for x in w.tolist()]   # 2 * softmax(r)
+    [1.2449, 0.7551]
+
+  References:
+    NVIDIA PhysicsNeMo-Sym, "Advanced schemes: SoftAdapt"; Heydari et al.,
+    arXiv:1912.12355.
+  """
+  num_losses = _protocol.check_num_losses(num_losses)
+  update_every = _checks.check_int("update_every", update_every, minimum=1)
+  _checks.check_choice("lookback", lookback, LOOKBACKS)
+  _checks.check_scalar("temperature", temperature)
+  _checks.check_scalar("epsilon", epsilon)
+  total = _protocol.total_weight(num_losses, scale_by_num_losses)
+
+  def init_fn(*, key: ArrayLike | None = None, dtype=None) -> RatioSoftAdaptState:
+    del key  # deterministic
+    dtype = _protocol.state_dtype(dtype)
+    return RatioSoftAdaptState(
+        count=jnp.zeros((), jnp.int32),
+        reference=jnp.ones((num_losses,), dtype),
+        weights=_protocol.uniform_weights(num_losses, total, dtype),
+        num_skipped=jnp.zeros((), jnp.int32),
+    )
+
+  def update_fn(
+      state: RatioSoftAdaptState, losses: ArrayLike
+  ) -> tuple[jax.Array, RatioSoftAdaptState]:
+    _protocol.check_state(state, RatioSoftAdaptState, num_losses)
+    dtype = state.weights.dtype
+    losses = _protocol.prepare_losses(losses, num_losses, dtype, axis_name)
+    recorded = _protocol.is_recordable(losses, positive=True)
+    count = _protocol.saturating_increment(state.count, recorded)
+    ratio = losses / (state.reference + jnp.asarray(epsilon, dtype))
+    candidate = _protocol.scaled_softmax(
+        ratio / jnp.asarray(temperature, dtype), total
+    ).astype(dtype)
+    due = recorded & (count >= 2) & ((count - 1) % update_every == 0)
+    weights = jnp.where(due, candidate, state.weights)
+    refresh = recorded
+    if lookback == "last_update":
+      refresh = recorded & ((count == 1) | due)
+    return weights, RatioSoftAdaptState(
+        count=count,
+        reference=jnp.where(refresh, losses, state.reference),
+        weights=weights,
+        num_skipped=_protocol.saturating_increment(state.num_skipped, ~recorded),
+    )
+
+  return _protocol.LossWeighting(init_fn, update_fn, num_losses, axis_name)
