@@ -111,3 +111,65 @@ def test_data_parallel_equals_single_device():
   )
   assert result.returncode == 0, result.stderr[-4000:]
   assert "DATA-PARALLEL-OK" in result.stdout
+
+
+_EXAMPLE = textwrap.dedent(
+    """
+    import importlib.util, sys
+    import numpy as np
+
+    assert "jax" not in sys.modules
+    spec = importlib.util.spec_from_file_location(
+        "data_parallel", "examples/data_parallel.py"
+    )
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # sets XLA_FLAGS, then imports JAX
+    import jax
+
+    assert jax.device_count() == 4, jax.devices()
+    m = example.main(["--steps", "20", "--batch", "64"])
+    assert m["num_devices"] == 4
+    ref = m["single"]
+    assert np.ptp(np.asarray(ref["weights"][-1])) > 1e-3  # weights moved
+    for name in ("jit_sharded", "shard_map"):
+      run = m[name]
+      assert run["identical_on_devices"], name
+      # Every device's copy of the weights and parameters is the same bits.
+      for leaf in jax.tree.leaves((run["params"], run["weights"])):
+        assert len(leaf.addressable_shards) == 4
+        first = np.asarray(leaf.addressable_shards[0].data)
+        for shard in leaf.addressable_shards[1:]:
+          np.testing.assert_array_equal(np.asarray(shard.data), first)
+      np.testing.assert_allclose(
+          run["weights"], ref["weights"], rtol=1e-5, atol=1e-6
+      )
+      np.testing.assert_allclose(run["losses"], ref["losses"], rtol=1e-5)
+      for a, b in zip(
+          jax.tree.leaves(run["params"]), jax.tree.leaves(ref["params"])
+      ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      assert run["max_weight_diff"] < 1e-5, (name, run["max_weight_diff"])
+    print("EXAMPLE-OK")
+    """
+)
+
+
+def test_data_parallel_example_on_four_cpu_devices():
+  """examples/data_parallel.py forces 4 CPU devices itself and matches 1."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (root, env.get("PYTHONPATH")) if p
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", _EXAMPLE],
+      env=env,
+      cwd=root,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+  assert "EXAMPLE-OK" in result.stdout
