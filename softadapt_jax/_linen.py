@@ -1,0 +1,114 @@
+"""``apply_gradients`` for Flax Linen ``TrainState``, forwarding ``losses=``.
+
+Flax is not imported: any object with ``step``, ``params``, ``tx``,
+``opt_state`` and a ``replace(**changes)`` method works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import jax
+import optax
+
+_State = TypeVar("_State")
+
+# The Flax Linen collection whose entries are overwritten by their "gradient"
+# instead of being optimized (``flax.linen.fp8_ops``); the same key as
+# ``flax.training.train_state.OVERWRITE_WITH_GRADIENT``.
+_OVERWRITE_WITH_GRADIENT = "_overwrite_with_gradient"
+
+
+def apply_gradients(
+    state: _State,
+    grads: Any,
+    *,
+    losses: jax.Array,
+    update_kwargs: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> _State:
+  r"""``TrainState.apply_gradients`` that also passes ``losses=`` to ``tx.update``.
+
+  .. math::
+    (u, s') = \text{tx.update}(g, s, p, \text{losses}=L), \qquad
+    p' = p + u, \qquad \text{step}' = \text{step} + 1
+
+  Flax Linen's ``TrainState.apply_gradients(grads=...)`` calls
+  ``tx.update(grads, opt_state, params)`` without extra arguments, so a chain
+  holding :func:`softadapt_track` or :func:`softadapt_combine_grads` cannot
+  receive the loss vector. This function does the same update with
+  ``losses=`` (and ``update_kwargs``) forwarded, and like the method it
+  replaces any further attributes given in ``kwargs`` (e.g. ``batch_stats``)
+  and handles the ``_overwrite_with_gradient`` collection (FP8 scales).
+
+  ``state`` needs only ``step``, ``params``, ``tx``, ``opt_state`` and
+  ``replace``: ``flax.training.train_state.TrainState`` and its subclasses
+  work, and so does any ``flax.struct`` dataclass with those fields. To keep
+  the method syntax, override it in a subclass::
+
+    class TrainState(train_state.TrainState):
+      def apply_gradients(self, *, grads, losses, **kwargs):
+        return sa.apply_gradients(self, grads, losses=losses, **kwargs)
+
+  Args:
+    state: the train state.
+    grads: the update direction, a pytree like ``state.params`` (e.g.
+      ``out.grad`` of :func:`softadapt_value_and_grad`; per-component
+      gradients stacked on a leading ``K`` axis for
+      :func:`softadapt_combine_grads`).
+    losses: ``[K]`` the loss components of this step.
+    update_kwargs: further keyword arguments for ``tx.update`` (e.g.
+      ``value=``, ``grad=``, ``value_fn=`` for a line search).
+    **kwargs: further attributes of ``state`` to replace.
+
+  Returns:
+    ``state`` with ``step`` incremented, ``params`` and ``opt_state`` updated
+    and ``kwargs`` replaced.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from typing import Any, NamedTuple
+    >>> import softadapt_jax as sa
+    >>> from softadapt_jax._linen import apply_gradients
+    >>> class TrainState(NamedTuple):   # or flax.training.train_state.TrainState
+    ...   step: Any
+    ...   params: Any
+    ...   tx: Any
+    ...   opt_state: Any
+    ...   def replace(self, **changes):
+    ...     return self._replace(**changes)
+    >>> def losses(x):
+    ...   return jnp.stack([jnp.sum(x ** 2), jnp.sum((x - 1.0) ** 2)])
+    >>> tx = optax.chain(sa.softadapt_track(2), optax.sgd(0.1))
+    >>> x = jnp.array([0.5, 2.0])
+    >>> state = TrainState(0, x, tx, tx.init(x))
+    >>> out = sa.softadapt_value_and_grad(losses)(state.opt_state, state.params)
+    >>> state = apply_gradients(state, out.grad, losses=out.losses)
+    >>> state.step, state.params.tolist()   # x - 0.1 * (0.5 g_1 + 0.5 g_2)
+    (1, [0.5, 1.7000000476837158])
+    >>> int(sa.find_softadapt_state(state.opt_state).count)
+    1
+  """
+  params = state.params
+  overwrite = isinstance(grads, Mapping) and _OVERWRITE_WITH_GRADIENT in grads
+  if overwrite:
+    grads_opt, params_opt = grads["params"], params["params"]
+  else:
+    grads_opt, params_opt = grads, params
+  updates, opt_state = state.tx.update(
+      grads_opt,
+      state.opt_state,
+      params_opt,
+      losses=losses,
+      **(update_kwargs or {}),
+  )
+  new_params = optax.apply_updates(params_opt, updates)
+  if overwrite:
+    new_params = {
+        "params": new_params,
+        _OVERWRITE_WITH_GRADIENT: grads[_OVERWRITE_WITH_GRADIENT],
+    }
+  return state.replace(
+      step=state.step + 1, params=new_params, opt_state=opt_state, **kwargs
+  )
