@@ -221,8 +221,12 @@ FAMILY: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def family_loops(k: int) -> list[tuple[str, str, Any]]:
-  """``(label, route, make_loop or an error string)`` for every rule."""
+def family_loops(k: int, both_routes: bool = False) -> list[tuple[str, str, Any]]:
+  """``(label, route, make_loop or an error string)`` for every rule.
+
+  The library route where the library has it (and the protocol route too with
+  ``both_routes``), else the protocol route.
+  """
   out: list[tuple[str, str, Any]] = [
       ("softadapt_weights (adapter class)", "protocol",
        make_rule_loop_protocol(SoftAdaptWeightsRule(k)))]
@@ -241,7 +245,8 @@ def family_loops(k: int) -> list[tuple[str, str, Any]]:
       continue
     if library:
       out.append((label, "library", make_rule_loop_library(rule)))
-    out.append((label, "protocol", make_rule_loop_protocol(rule)))
+    if both_routes or not library:
+      out.append((label, "protocol", make_rule_loop_protocol(rule)))
   return out
 
 
@@ -477,6 +482,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                         "host"],
                       choices=["overhead", "rules", "host"])
   parser.add_argument("--rules-k", type=int, default=4)
+  parser.add_argument("--both-routes", action="store_true",
+                      help="time every rule through the protocol route too")
   parser.add_argument("--steps", type=int, default=None,
                       help="scan steps per timed call (default per model)")
   parser.add_argument("--reps", type=int, default=None,
@@ -548,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   if "rules" in args.sections:
     k = args.rules_k
-    loops = family_loops(k)
+    loops = family_loops(k, args.both_routes)
     print(f"## 2. Every weighting rule over a fixed-weight sum, K={k}\n")
     print("Same scanned step as table 1, the weighting swapped. `route`: "
           "`library` = `sa.weighted_value_and_grad(fun, rule)` + "
