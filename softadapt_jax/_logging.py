@@ -32,13 +32,14 @@ class SoftAdaptDiagnostics(NamedTuple):
 
 
 def softadapt_diagnostics(
-    state: Any, *, stencil: str = "forward"
+    state: Any, *, stencil: str = "forward", log_losses: bool = False
 ) -> SoftAdaptDiagnostics:
   r"""The weights, slopes and newest losses held by a SoftAdapt state.
 
   Pure JAX (no host callback): return it from the body of a ``lax.scan`` and
   every step's diagnostics come out stacked as ``[steps, K]`` arrays. The
-  slopes are those of the state's whole history (``order + 1`` rows),
+  slopes are those of the state's whole history (``order + 1`` rows; of
+  ``log H`` with ``log_losses``),
 
   .. math::
     s_k = \sum_{j=0}^{p} c_j \, H_{j,k},
@@ -53,6 +54,8 @@ def softadapt_diagnostics(
       ``opt_state`` with :func:`softadapt_track` in its chain).
     stencil: ``"forward"`` (the default, as :func:`softadapt_weights`) or
       ``"backward"``: use the same value as the weights.
+    log_losses: slopes of ``log H`` (for a rule built with
+      ``log_losses=True``); the ``losses`` field stays the raw losses.
 
   Returns:
     A :class:`SoftAdaptDiagnostics` of arrays.
@@ -75,7 +78,10 @@ def softadapt_diagnostics(
   state = find_softadapt_state(state)
   num_rows = state.history.shape[0]
   full = state.count >= num_rows
-  s = slopes(state.history, stencil=stencil)
+  history = state.history
+  if log_losses:
+    history = jnp.log(jnp.maximum(history, jnp.finfo(history.dtype).tiny))
+  s = slopes(history, stencil=stencil)
   newest = state.history[-1]
   return SoftAdaptDiagnostics(
       weights=state.weights,
