@@ -72,10 +72,10 @@ import softadapt_jax as sa
 COMPONENTS = ("smooth", "scaled")
 # Settings that must match between the run that wrote a checkpoint and the
 # one that resumes from it (stored next to the state, checked on restore).
-_CONFIG_KEYS = (
-    "seed", "steps", "hidden", "batch_size", "lr", "beta", "variant", "nan_at",
-    "chunk", "save_every",
-)
+_CONFIG_KEYS = ("seed", "hidden", "batch_size", "lr", "beta", "variant", "nan_at")
+# What the resuming process of the demo gets from this one: also the chunk
+# boundaries, so that both run the same compiled programs on the same steps.
+_RESUME_KEYS = (*_CONFIG_KEYS, "steps", "chunk", "save_every")
 
 
 # ---------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def load_trajectory(path: str, like: Any) -> Trajectory:
 def resume_in_new_process(args: argparse.Namespace, ckpt_dir: str, out: str) -> None:
   """Runs ``--mode train`` of this script in a fresh Python process."""
   argv = [sys.executable, os.path.abspath(__file__), "--mode", "train"]
-  for key in _CONFIG_KEYS:
+  for key in _RESUME_KEYS:
     argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
   argv += ["--stop-at", str(args.steps), "--ckpt-dir", ckpt_dir, "--dump", out]
   env = dict(os.environ)
@@ -349,7 +349,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   )
   parser.add_argument(
       "--nan-at", type=int, default=None,
-      help="step with NaN targets; default: --stop-at - 1; -1: none",
+      help="step with NaN targets; default: demo --stop-at - 1, train -1 (none)",
   )
   parser.add_argument("--save-every", type=int, default=100)
   parser.add_argument("--chunk", type=int, default=50, help="steps per chunk")
@@ -372,7 +372,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if args.stop_at is None:
     args.stop_at = args.steps if args.mode == "train" else args.steps // 2
   if args.nan_at is None:
-    args.nan_at = args.stop_at - 1
+    args.nan_at = args.stop_at - 1 if args.mode == "demo" else -1
   if min(args.steps, args.chunk, args.save_every) < 1:
     parser.error("--steps, --chunk and --save-every must be >= 1")
   if not 1 <= args.stop_at <= args.steps:
