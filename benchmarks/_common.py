@@ -288,8 +288,14 @@ def make_pinn_problem(num_losses: int, seed: int = 0, n_interior: int = 512,
     return jnp.mean(ub**2)
 
   def loss_vec_fn(params, batch):
+    # One vmap over all interior points, then the mean per strip: XLA:CPU
+    # runs this up to 2x faster than a vmap over strips of a vmap over
+    # points (batched matmuls with a leading strip axis).
     interior, boundary = batch
-    residual = jax.vmap(lambda pts: residual_loss(params, pts))(interior)
+    points = interior.reshape(-1, 2)
+    lap = jax.vmap(lambda z: pinn_laplacian(params, z))(points)
+    sq = (lap + poisson_source(points)) ** 2
+    residual = jnp.mean(sq.reshape(interior.shape[:2]), axis=1)  # [K - 1]
     return jnp.concatenate([residual, boundary_loss(params, boundary)[None]])
 
   def component(k):
