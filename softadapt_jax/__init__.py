@@ -6,6 +6,10 @@ Data flows one way: losses -> history -> slopes -> weights -> direction.
 - :class:`SoftAdaptState`, :func:`init_state`, :func:`softadapt_weights`: the
   jittable state machine (sections 5, 6, 8).
 - :func:`softadapt_value_and_grad`: the direction from one ``jax.vjp``.
+- :func:`softadapt_diagnostics`: per-step weights, slopes and losses to stack
+  out of ``lax.scan``; :mod:`softadapt_jax.plotting` draws them.
+- :func:`apply_gradients`: Flax Linen ``TrainState`` update forwarding
+  ``losses=``.
 - :func:`softadapt_track`, :func:`softadapt_combine_grads`: Optax
   transformations holding the state in ``opt_state``.
 
@@ -25,6 +29,8 @@ from softadapt_jax._gradients import (
     softadapt_value_and_grad,
     weighted_value_and_grad,
 )
+from softadapt_jax._linen import apply_gradients
+from softadapt_jax._logging import SoftAdaptDiagnostics, softadapt_diagnostics
 from softadapt_jax._protocol import LossWeighting, find_weighting_state
 from softadapt_jax._random_weighting import RandomWeightingState, random_weighting
 from softadapt_jax._ratio import (
@@ -62,9 +68,11 @@ __all__ = (
     "RandomWeightingState",
     "RatioSoftAdaptState",
     "ReLoBRaLoState",
+    "SoftAdaptDiagnostics",
     "SoftAdaptGrad",
     "SoftAdaptState",
     "WeightedGrad",
+    "apply_gradients",
     "combine_grads",
     "dwa",
     "find_softadapt_state",
@@ -77,6 +85,7 @@ __all__ = (
     "slopes",
     "softadapt",
     "softadapt_combine_grads",
+    "softadapt_diagnostics",
     "softadapt_track",
     "softadapt_value_and_grad",
     "softadapt_weights",
