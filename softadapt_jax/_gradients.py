@@ -76,6 +76,7 @@ def softadapt_value_and_grad(
     normalization: str = "signed",
     stencil: str = "forward",
     scale_by_num_losses: bool = False,
+    log_losses: bool = False,
 ) -> Callable[..., SoftAdaptGrad]:
   r"""Makes a function that returns the losses, weights, state and direction.
 
@@ -102,7 +103,7 @@ def softadapt_value_and_grad(
     fun: ``fun(params, *args) -> losses`` or ``-> (losses, aux)``.
     has_aux: whether ``fun`` returns auxiliary data.
     beta, variant, update_every, epsilon, normalization, stencil,
-      scale_by_num_losses: as in :func:`softadapt_weights`; use the same
+      scale_by_num_losses, log_losses: as in :func:`softadapt_weights`; use the same
       values as the :func:`softadapt_track` in the chain.
     axis_name: mapped axis to average losses and direction over, or ``None``.
 
@@ -133,6 +134,7 @@ def softadapt_value_and_grad(
       normalization=normalization,
       stencil=stencil,
       scale_by_num_losses=scale_by_num_losses,
+      log_losses=log_losses,
   )
 
   return _value_and_direction(

@@ -163,6 +163,8 @@ _COMMON_ARGS_DOC = """
     stencil: ``"forward"`` (reference) or ``"backward"``.
     scale_by_num_losses: weights sum to ``K`` instead of 1 (initial weights
       then default to 1 each).
+    log_losses: slopes of ``log L`` (scale-free); loss vectors with an entry
+      ``<= 0`` are skipped.
     initial_weights: ``[K]`` weights used during warm-up (default ``1/K``).
 """
 
@@ -179,6 +181,7 @@ def softadapt_combine_grads(
     normalization: str = "signed",
     stencil: str = "forward",
     scale_by_num_losses: bool = False,
+    log_losses: bool = False,
     initial_weights: ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Combines per-component gradients into the SoftAdapt direction.
@@ -228,6 +231,7 @@ def softadapt_combine_grads(
       normalization=normalization,
       stencil=stencil,
       scale_by_num_losses=scale_by_num_losses,
+      log_losses=log_losses,
       initial_weights=initial_weights,
   )
 
@@ -244,6 +248,7 @@ def softadapt_track(
     normalization: str = "signed",
     stencil: str = "forward",
     scale_by_num_losses: bool = False,
+    log_losses: bool = False,
     initial_weights: ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Keeps the SoftAdapt state in ``opt_state`` for the one-backward-pass route.
@@ -294,6 +299,7 @@ def softadapt_track(
       normalization=normalization,
       stencil=stencil,
       scale_by_num_losses=scale_by_num_losses,
+      log_losses=log_losses,
       initial_weights=initial_weights,
   )
 
