@@ -69,7 +69,6 @@ import optax
 import tqdm
 
 import softadapt_jax as sa
-from softadapt_jax._logging import softadapt_diagnostics
 
 COMPONENTS = ("residual", "left", "right")
 _FREQ = 4.0 * math.pi
@@ -199,7 +198,7 @@ def run_steps(
     out = grad_fn(opt_state, params, batch)  # one forward + one backward pass
     updates, opt_state = tx.update(out.grad, opt_state, params, losses=out.losses)
     params = optax.apply_updates(params, updates)
-    log = softadapt_diagnostics(opt_state)
+    log = sa.softadapt_diagnostics(opt_state)
     return (params, opt_state), Trace(out.losses, out.weights, log.slopes)
 
   return jax.lax.scan(step, carry, None, length=length)

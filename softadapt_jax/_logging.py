@@ -60,15 +60,14 @@ def softadapt_diagnostics(
   Returns:
     A :class:`SoftAdaptDiagnostics` of arrays.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from softadapt_jax import init_state, softadapt_weights
-    >>> from softadapt_jax._logging import softadapt_diagnostics
+    >>> import softadapt_jax as sa
     >>> def body(state, losses):
-    ...   _, state = softadapt_weights(state, losses, beta=1.0)
-    ...   return state, softadapt_diagnostics(state)
+    ...   _, state = sa.softadapt_weights(state, losses, beta=1.0)
+    ...   return state, sa.softadapt_diagnostics(state)
     >>> losses = jnp.array([[4.0, 1.0], [3.0, 1.5], [1.0, 1.5]])
-    >>> _, log = jax.lax.scan(body, init_state(2, order=1), losses)
+    >>> _, log = jax.lax.scan(body, sa.init_state(2, order=1), losses)
     >>> log.slopes.tolist()   # warm-up first: NaN
     [[nan, nan], [-1.0, 0.5], [-2.0, 0.0]]
     >>> log.count.tolist()

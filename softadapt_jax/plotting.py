@@ -66,7 +66,7 @@ def plot_training(
     ValueError: if the arrays are not ``[steps, K]`` of one shape, or
       ``names``, ``steps`` or ``axes`` have the wrong length.
 
-  Example:
+  Examples:
     >>> import numpy as np
     >>> from softadapt_jax.plotting import plot_training
     >>> t = np.arange(100)

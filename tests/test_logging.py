@@ -18,7 +18,6 @@ import optax
 import pytest
 
 import softadapt_jax as sa
-from softadapt_jax._logging import softadapt_diagnostics
 
 K = 3
 
@@ -46,7 +45,7 @@ def _step_fn(order):
     out = grad_fn(opt_state, params, x, y)
     updates, opt_state = tx.update(out.grad, opt_state, params, losses=out.losses)
     params = optax.apply_updates(params, updates)
-    log = softadapt_diagnostics(opt_state)
+    log = sa.softadapt_diagnostics(opt_state)
     return (params, opt_state), (out.losses, out.weights, log.slopes, log.count)
 
   return step, (params, tx.init(params))
@@ -101,7 +100,7 @@ def test_diagnostics_follow_the_state_machine(order, stencil):
     _, state = sa.softadapt_weights(
         state, losses, beta=0.7, stencil=stencil, update_every=2
     )
-    return state, softadapt_diagnostics(state, stencil=stencil)
+    return state, sa.softadapt_diagnostics(state, stencil=stencil)
 
   _, log = jax.jit(lambda s, x: jax.lax.scan(body, s, x))(
       sa.init_state(K, order=order), jnp.asarray(seq)
@@ -132,10 +131,10 @@ def test_diagnostics_log_losses_and_opt_state():
   opt_state = tx.init(jnp.zeros(3))
   for row in rule_losses:
     _, opt_state = tx.update(jnp.zeros(3), opt_state, losses=row)
-  log = softadapt_diagnostics(opt_state, log_losses=True)
+  log = sa.softadapt_diagnostics(opt_state, log_losses=True)
   np.testing.assert_allclose(log.slopes, [np.log(0.5), np.log(2.0)], rtol=1e-6)
   np.testing.assert_array_equal(log.losses, [1.0, 2.0])
-  raw = softadapt_diagnostics(opt_state)
+  raw = sa.softadapt_diagnostics(opt_state)
   np.testing.assert_allclose(raw.slopes, [-1.0, 1.0])
 
 
