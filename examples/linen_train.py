@@ -2,9 +2,9 @@
 
 ``TrainState.apply_gradients(grads=...)`` calls ``tx.update`` without extra
 arguments, so the SoftAdapt transformation in the chain would never see the
-losses. ``apply_gradients(state, grads, losses=...)`` from ``softadapt_jax``
-does the same update with ``losses=`` forwarded (and replaces any further
-fields given as keywords, here ``batch_stats``)::
+losses. ``sa.apply_gradients(state, grads, losses=...)`` does the same update
+with ``losses=`` forwarded (and replaces any further fields given as keywords,
+here ``batch_stats``)::
 
   tx = optax.chain(sa.softadapt_track(K, **settings), optax.adam(lr))
   state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
@@ -14,8 +14,8 @@ fields given as keywords, here ``batch_stats``)::
   @jax.jit
   def train_step(state, batch):
     out = grad_fn(state.opt_state, state.params, state, batch)
-    state = apply_gradients(state, out.grad, losses=out.losses,
-                            batch_stats=out.aux)
+    state = sa.apply_gradients(state, out.grad, losses=out.losses,
+                               batch_stats=out.aux)
     return state, (out.losses, out.weights)
 
 A small Linen MLP (optionally with ``nn.BatchNorm``) fits two regression
@@ -48,7 +48,6 @@ import tqdm
 from flax.training import train_state
 
 import softadapt_jax as sa
-from softadapt_jax._linen import apply_gradients
 
 COMPONENTS = ("smooth", "scaled")
 
@@ -126,7 +125,7 @@ def evaluate(state: TrainState, data: dict[str, jax.Array]) -> jax.Array:
 def make_train_step(grad_fn):
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     out = grad_fn(state.opt_state, state.params, state, batch)
-    state = apply_gradients(
+    state = sa.apply_gradients(
         state, out.grad, losses=out.losses, batch_stats=out.aux
     )
     return state, (out.losses, out.weights)

@@ -70,7 +70,6 @@ def apply_gradients(
     >>> import jax.numpy as jnp, optax
     >>> from typing import Any, NamedTuple
     >>> import softadapt_jax as sa
-    >>> from softadapt_jax._linen import apply_gradients
     >>> class TrainState(NamedTuple):   # or flax.training.train_state.TrainState
     ...   step: Any
     ...   params: Any
@@ -84,7 +83,7 @@ def apply_gradients(
     >>> x = jnp.array([0.5, 2.0])
     >>> state = TrainState(0, x, tx, tx.init(x))
     >>> out = sa.softadapt_value_and_grad(losses)(state.opt_state, state.params)
-    >>> state = apply_gradients(state, out.grad, losses=out.losses)
+    >>> state = sa.apply_gradients(state, out.grad, losses=out.losses)
     >>> state.step, state.params.tolist()   # x - 0.1 * (0.5 g_1 + 0.5 g_2)
     (1, [0.5, 1.7000000476837158])
     >>> int(sa.find_softadapt_state(state.opt_state).count)

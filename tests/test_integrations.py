@@ -199,8 +199,6 @@ def test_nnx_optimizer_matches_pure_optax(loop, batchnorm):
 def _linen_setup():
   nn = pytest.importorskip("flax.linen")
   train_state = pytest.importorskip("flax.training.train_state")
-  from softadapt_jax._linen import apply_gradients
-
   class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
@@ -208,7 +206,7 @@ def _linen_setup():
 
   model = MLP()
   params = model.init(jax.random.key(1), jnp.zeros((1, 2)))["params"]
-  return model, params, train_state, apply_gradients
+  return model, params, train_state, sa.apply_gradients
 
 
 def test_linen_apply_gradients_matches_manual_and_pure_optax():
