@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--tiny", action="store_true")
   args = parser.parse_args(argv)
   if args.tiny:
-    args.ks, args.orders, args.order_ks, args.reps = [2, 64], [1, 3], [4], 2
+    args.ks, args.orders, args.order_ks, args.reps = [8], [2], [4], 2
   budget = 2e4 if args.tiny else 4e6  # ~ K * steps per timed call
 
   def steps_for(k: int) -> int:

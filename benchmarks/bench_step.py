@@ -221,7 +221,8 @@ FAMILY: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def family_loops(k: int, both_routes: bool = False) -> list[tuple[str, str, Any]]:
+def family_loops(k: int, both_routes: bool = False,
+                 only: list[str] | None = None) -> list[tuple[str, str, Any]]:
   """``(label, route, make_loop or an error string)`` for every rule.
 
   The library route where the library has it (and the protocol route too with
@@ -233,6 +234,8 @@ def family_loops(k: int, both_routes: bool = False) -> list[tuple[str, str, Any]
   library = hasattr(sa, "weighted_value_and_grad") and hasattr(
       sa, "track_weights")
   for label, name, kwargs in FAMILY:
+    if only is not None and label not in only:
+      continue
     factory = getattr(sa, name, None)
     if factory is None:
       out.append((label, "-", f"not in softadapt_jax {sa.__version__}"))
@@ -482,6 +485,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                         "host"],
                       choices=["overhead", "rules", "host"])
   parser.add_argument("--rules-k", type=int, default=4)
+  parser.add_argument("--rules", nargs="+", default=None,
+                      choices=[label for label, _, _ in FAMILY],
+                      help="time only these rules (default: all)")
   parser.add_argument("--both-routes", action="store_true",
                       help="time every rule through the protocol route too")
   parser.add_argument("--steps", type=int, default=None,
@@ -555,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   if "rules" in args.sections:
     k = args.rules_k
-    loops = family_loops(k, args.both_routes)
+    loops = family_loops(k, args.both_routes, args.rules)
     print(f"## 2. Every weighting rule over a fixed-weight sum, K={k}\n")
     print("Same scanned step as table 1, the weighting swapped. `route`: "
           "`library` = `sa.weighted_value_and_grad(fun, rule)` + "

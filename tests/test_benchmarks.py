@@ -1,0 +1,97 @@
+"""Smoke tests of the benchmark scripts: they run on tiny settings and their
+numbers make sense. Timings are never asserted (benchmarks are scripts, not
+timed tests); what is checked is what the tables rely on: the compared
+variants compute the same thing, and every row is there.
+
+``bench_jinns.py`` and ``bench_torch.py`` need jinns and torch, which the
+``test`` extra does not install; they are not run here.
+"""
+
+import importlib.util
+import math
+import pathlib
+import sys
+
+import pytest
+
+_BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name):
+  # benchmarks/ is not a package; its scripts import `_common` from there.
+  if str(_BENCH) not in sys.path:
+    sys.path.insert(0, str(_BENCH))
+  spec = importlib.util.spec_from_file_location(name, _BENCH / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _positive(x):
+  return math.isfinite(x) and x > 0
+
+
+def test_bench_step_tiny(capsys):
+  import softadapt_jax as sa
+
+  bench = _load("bench_step")
+  rules = ["ratio_softadapt", "relobralo"]
+  # The overhead table (section 1) runs the same `measure` as section 2.
+  res = bench.main(["--tiny", "--models", "mlp64", "--ks", "2", "--rules-k",
+                    "2", "--rules", *rules, "--sections", "rules", "host"])
+  out = capsys.readouterr().out
+  assert "## 2. Every weighting rule" in out
+  assert "## 3. Our scanned loop versus a host loop" in out
+  # The rules asked for get a row (through the library where it has them).
+  names = {name for _, name in res["rules"]}
+  assert "fixed" in names
+  assert "softadapt_value_and_grad [library]" in names
+  assert "softadapt_weights (adapter class) [protocol]" in names
+  if hasattr(sa, "weighted_value_and_grad"):
+    assert {f"{r} [library]" for r in rules} <= names
+  assert all(_positive(r) for r in res["rules"].values())
+  assert res["rules"]["mlp64", "fixed"] == 1.0
+  # The host loop with the reference oracle used our weights.
+  host = res["host"]["mlp64"]
+  assert host.weights_diff < 1e-6
+  assert all(_positive(t) for t in (host.ours, host.host, host.lean, host.plain))
+
+
+def test_bench_grads_tiny(capsys):
+  bench = _load("bench_grads")
+  res = bench.main(["--tiny", "--problems", "mlp-split", "--ks", "2"])
+  variants = {v for (_, _, v) in res}
+  assert variants == {"one-VJP", "jacrev", "K x grad", "K x grad (own batch)"}
+  for key, r in res.items():
+    assert r["diff"] < 1e-5, key  # the four compute the same direction
+    assert _positive(r["time"])
+    assert r["temp"] >= 0
+  assert res["mlp-split", 2, "one-VJP"]["ratio"] == 1.0
+  assert "| mlp-split | 2 | jacrev |" in capsys.readouterr().out
+
+
+def test_bench_sweep_smoke(capsys):
+  bench = _load("bench_sweep")
+  res = bench.main(["--smoke", "--ns", "3"])
+  for n in (3,):
+    assert res["smoke", n]["diff"] < 1e-5  # vmap == sequential runs
+    assert _positive(res["smoke", n]["vmap"])
+    assert _positive(res["smoke", n]["seq"])
+  assert "| smoke" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("k", "order"), [(2, 1), (64, 1), (4, 3)])
+def test_bench_scaling_state_size(k, order):
+  bench = _load("bench_scaling")
+  # count + num_skipped (int32) + history [order + 1, K] + weights [K] (f32).
+  assert bench.state_bytes(k, order) == 8 + 4 * (order + 2) * k
+
+
+def test_bench_scaling_tiny(capsys):
+  bench = _load("bench_scaling")
+  res = bench.main(["--tiny"])
+  assert _positive(res["grad"])
+  for key in [(8, 1), (4, 2)]:
+    assert _positive(res[key]["step"])
+    assert res[key]["state"] == bench.state_bytes(*key)
+  assert "| 8 | 1 |" in capsys.readouterr().out
