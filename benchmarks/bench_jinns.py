@@ -220,7 +220,7 @@ def jinns_rel_l2(setup: dict, params) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark, prints its report; returns the measured numbers."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=2000)
+  parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--width", type=int, default=64)
   parser.add_argument("--n-interior", type=int, default=512)
