@@ -1,0 +1,1 @@
+"""Reproducible studies: does SoftAdapt help? (see README.md)."""
