@@ -255,10 +255,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       jax.shard_map(
           local_train, mesh=mesh, in_specs=(P(), P("data"), P("data")),
           out_specs=P(),
-          # The library's one-VJP route passes a replicated (invariant)
-          # cotangent; JAX's check of varying manual axes rejects that, so it
-          # is off. _identical_on_every_device checks the replicas instead.
-          check_vma=False,
       )
   )
   start = time.perf_counter()

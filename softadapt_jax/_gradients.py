@@ -219,6 +219,11 @@ def _value_and_direction(
       losses = jax.lax.pmean(losses, axis_name)
     weights, new_state = update(rule_state, losses)
     cotangent = jax.lax.stop_gradient(weights).astype(out.dtype)
+    if axis_name is not None:
+      # The weights are replicated over the axis while `out` varies along it;
+      # under shard_map's type checks (check_vma) the cotangent must carry
+      # the same varying type as the primal output.
+      cotangent = jnp.zeros_like(out) + cotangent
     (grad,) = vjp_fn(cotangent)
     if axis_name is not None:
       grad = jax.lax.pmean(grad, axis_name)

@@ -62,7 +62,6 @@ _SCRIPT = textwrap.dedent(
         jax.shard_map(
             make("data"), mesh=mesh,
             in_specs=(P(), P("data"), P("data")), out_specs=(P(), P()),
-            check_vma=False,
         )
     )
     dp_params, dp_w = sharded(params0, x, y)
