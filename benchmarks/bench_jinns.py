@@ -117,7 +117,10 @@ def our_losses(params, interior, facets):
   """[dyn_loss, boundary_loss], as jinns defines them."""
   lap = jax.vmap(lambda z: laplacian(lambda w: C.pinn_u(params, w), z))(interior)
   dyn = jnp.mean((lap + C.poisson_source(interior)) ** 2)
-  ub = jax.vmap(jax.vmap(lambda z: C.pinn_u(params, z)))(facets)  # [4, m]
+  # One vmap over all boundary points, then the mean per side (a vmap over
+  # sides of a vmap over points runs ~2x slower on XLA:CPU).
+  ub = jax.vmap(lambda z: C.pinn_u(params, z))(facets.reshape(-1, 2))
+  ub = ub.reshape(facets.shape[:2])  # [4, m]
   return jnp.stack([dyn, jnp.sum(jnp.mean(ub**2, axis=1))])
 
 
