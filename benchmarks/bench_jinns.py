@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import io
 import re
+import time
 from typing import Any
 
 import _common as C  # first: handles --single-thread
@@ -271,10 +272,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         last[name] = (params, w)
         return seconds / args.steps
       fn = ours[name]
-      fn()  # warm (compiled already)
-      t = C.time_call(fn)
-      last[name] = fn()
-      return t / args.steps
+      C.time_call(fn)  # warm up (compiled already); blocks
+      t0 = time.perf_counter()
+      last[name] = jax.block_until_ready(fn())
+      return (time.perf_counter() - t0) / args.steps
     return run
 
   times = C.interleaved({n: timer(n) for n in names}, args.reps)
