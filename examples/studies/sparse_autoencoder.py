@@ -251,18 +251,24 @@ def plot(path, runs, metrics, best_fixed, best_sa, every) -> None:
   ax.set(xscale="log", xlabel="test reconstruction MSE",
          ylabel="logistic-regression accuracy",
          title="trade-off (squares: fixed lambda, dots: SoftAdapt)")
-  for ax, k, title in ((axes[1], None, "losses, seed 0"),
-                       (axes[2], 1, "weight of the L1 term, seed 0")):
-    for name, color in ((best_fixed, "C1"), (best_sa, "C0")):
-      losses, weights = (np.asarray(a)[0] for a in runs[name][1])
-      t = every * np.arange(1, len(losses) + 1)
-      if k is None:
-        ax.semilogy(t, losses[:, 0], color=color, label=f"{name}: recon")
-        ax.semilogy(t, losses[:, 1], color=color, ls=":", label=f"{name}: L1")
-      else:
-        ax.plot(t, weights[:, k] / weights.sum(1), color=color, label=name)
-    ax.set(xlabel="step", title=title)
-    ax.legend(fontsize=7)
+  standalone = [n for n in metrics
+                if n.startswith("SoftAdapt") and "on [recon" not in n]
+  best_alone = max(standalone, key=lambda n: np.mean(metrics[n]["accuracy"]))
+  shown = dict.fromkeys((best_fixed, best_alone, best_sa))
+  for i, name in enumerate(shown):
+    losses, weights = (np.asarray(a)[0] for a in runs[name][1])
+    scale = LAMBDA0 if "on [recon" in name else 1.0
+    t = every * np.arange(1, len(losses) + 1)
+    axes[1].semilogy(t, losses[:, 0], color=f"C{i}", label=f"{name}: recon")
+    axes[1].semilogy(t, losses[:, 1] / scale, color=f"C{i}", ls=":",
+                     label=f"{name}: mean |code|")
+    axes[2].semilogy(t, scale * weights[:, 1] / weights[:, 0], color=f"C{i}",
+                     label=name)
+  axes[1].set(xlabel="step", title="losses, seed 0")
+  axes[2].set(xlabel="step", ylabel="lambda_eff = w_L1 / w_recon",
+              title="effective L1 weight, seed 0")
+  for ax in axes[1:]:
+    ax.legend(fontsize=6)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=90)
   plt.close(fig)
