@@ -203,6 +203,7 @@ def try_func_compile(problem: C.Problem, threads: int) -> str:
 
   step = grad(total, has_aux=True)
   w = torch.full((problem.num_losses,), 1.0 / problem.num_losses)
+  step(params, w)  # warm up
   t0 = time.perf_counter()
   for _ in range(3):
     step(params, w)
@@ -222,8 +223,8 @@ def try_func_compile(problem: C.Problem, threads: int) -> str:
   except Exception as e:  # reported
     msg = [ln for ln in str(e).strip().splitlines() if ln.strip()]
     return (f"torch.func gradient step: eager {eager * 1e3:.1f} ms per call; "
-            f"torch.compile failed: {type(e).__name__}: "
-            + " ".join(msg[:2])[:300])
+            f"torch.compile failed: `{type(e).__name__}: "
+            + " ".join(msg[:2])[:300].replace("`", "'") + "`")
 
 
 # --------------------------------------------------------------------------
@@ -311,8 +312,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loops["torch.compile + inline"] = loop
       except Exception as e:  # reported
         msg = str(e).strip().splitlines()
-        notes.append(f"K={k}: torch.compile failed: {type(e).__name__}: "
-                     f"{msg[0] if msg else ''}")
+        first = (msg[0] if msg else "").replace("`", "'")
+        notes.append(f"K={k}: torch.compile failed: "
+                     f"`{type(e).__name__}: {first}`")
       notes.append(f"K={k}: " + try_func_compile(problem, threads))
     for loop in loops.values():
       loop.run(3)
