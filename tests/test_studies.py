@@ -1,0 +1,243 @@
+"""Smoke runs of the studies (examples/studies) and checks of their pieces.
+
+The full studies are not run here: each test runs a study with its ``--smoke``
+settings (a few steps, a tiny grid) and checks its numbers and files, so the
+studies never rot. The problem definitions are checked against their exact
+solutions.
+"""
+
+import math
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+# examples/ is a namespace package at the repository root (`python -m pytest`
+# puts the root on sys.path; a bare `pytest` may not).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from examples.studies import _common as C
+
+
+def _read(path):
+  text = path.read_text()
+  assert text.startswith("# Study")
+  assert "| method |" in text
+  return text
+
+
+# ---------------------------------------------------------------------------
+# Shared pieces.
+# ---------------------------------------------------------------------------
+
+
+def _run_method(method, losses_seq, key=0):
+  state = method.init(jax.random.key(key))
+  out = []
+  for losses in losses_seq:
+    w, state = method.update(state, jnp.asarray(losses, jnp.float32))
+    out.append(np.asarray(w))
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("steps_per_epoch", [2, 3])
+def test_per_epoch_feeds_epoch_means_and_holds_weights(steps_per_epoch):
+  rng = np.random.default_rng(steps_per_epoch)
+  losses = rng.uniform(0.5, 2.0, size=(4 * steps_per_epoch, 2))
+  inner = C.softadapt(2, beta=3.0)
+  wrapped = C.per_epoch(inner, 2, steps_per_epoch)
+  got = _run_method(wrapped, losses)
+  means = losses.reshape(4, steps_per_epoch, 2).mean(axis=1)
+  per_epoch = _run_method(inner, means)
+  # Epoch e (e >= 1) uses the weights the inner rule gave for epoch e - 1's
+  # mean; the first epoch uses 1/K.
+  expected = np.concatenate([np.full((1, 2), 0.5), per_epoch[:-1]])
+  np.testing.assert_allclose(
+      got, np.repeat(expected, steps_per_epoch, axis=0), rtol=1e-6
+  )
+  assert not np.allclose(per_epoch[-1], 0.5)  # the check can fail
+
+
+def test_make_step_direction_is_the_weighted_gradient():
+  def loss_fn(p, batch):
+    return jnp.stack([jnp.sum((p - batch) ** 2), jnp.sum(jnp.sin(p))])
+
+  method = C.fixed([0.25, 0.75])
+  tx = optax.sgd(1.0)
+  p = jnp.array([0.3, -1.2])
+  batch = jnp.array([1.0, 2.0])
+  step = C.make_step(loss_fn, method, tx)
+  (new_p, _, _), (losses, w) = step((p, tx.init(p), ()), batch)
+  grads = jax.jacrev(loss_fn)(p, batch)
+  np.testing.assert_allclose(new_p, p - (0.25 * grads[0] + 0.75 * grads[1]),
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses, loss_fn(p, batch))
+  np.testing.assert_allclose(w, [0.25, 0.75])
+
+
+def test_switch_method_equals_each_method_alone():
+  from examples.studies import pinns
+
+  methods = [C.equal(2), C.softadapt(2, beta=2.0), C.softadapt(2, beta=0.5,
+                                                               variant="loss_weighted")]
+  methods += C.family_methods(2)[:2]
+  init, update = pinns.switch_method(methods)
+  rng = np.random.default_rng(0)
+  losses = rng.uniform(0.1, 3.0, size=(6, 2)).astype(np.float32)
+  for i, m in enumerate(methods):
+    alone = _run_method(m, losses)
+    states = init(jax.random.key(0))
+    got = []
+    for row in losses:
+      w, states = jax.jit(update)(jnp.int32(i), states, jnp.asarray(row))
+      got.append(np.asarray(w))
+    np.testing.assert_allclose(np.stack(got), alone, rtol=1e-6, err_msg=m.name)
+
+
+def test_statistics_formatting():
+  assert C.mean_std([1.0, 3.0], ".2f") == "2.00 ± 1.00"
+  assert C.mean_std([1.0, float("nan")], ".1f") == "1.0 ± 0.0 (1/2 finite)"
+  assert C.geo_range([1e-2, 1e-4], ".0e") == "1e-03 [1e-04, 1e-02]"
+  assert "(1/3 diverged)" in C.geo_range([1.0, 2.0, float("inf")])
+  assert C.geo_range([float("nan")]) == "diverged"
+
+
+# ---------------------------------------------------------------------------
+# The problems against their exact solutions.
+# ---------------------------------------------------------------------------
+
+
+def test_benchmark_functions_vanish_at_their_minima():
+  from examples.studies import rosenbrock_beale as rb
+
+  for problem in rb.PROBLEMS:
+    at_min = problem.loss(jnp.array(problem.minimum))
+    assert at_min.shape == (len(problem.components),)
+    np.testing.assert_allclose(at_min, 0.0, atol=1e-10)
+    assert jnp.all(problem.loss(jnp.array(problem.minimum) + 0.1) > 0)
+
+
+def test_helmholtz_source_is_minus_the_operator_of_the_exact_solution():
+  from examples.studies import pinns
+
+  def operator(x, y):
+    u = pinns.helmholtz_exact
+    u_xx = jax.grad(jax.grad(u, 0), 0)(x, y)
+    u_yy = jax.grad(jax.grad(u, 1), 1)(x, y)
+    return u_xx + u_yy + pinns.K_HELM**2 * u(x, y)
+
+  xy = jax.random.uniform(jax.random.key(0), (50, 2), minval=-1.0, maxval=1.0)
+  lhs = jax.vmap(operator)(xy[:, 0], xy[:, 1])
+  rhs = pinns.helmholtz_source(xy[:, 0], xy[:, 1])
+  np.testing.assert_allclose(lhs, rhs, rtol=1e-4, atol=1e-3)
+  assert float(jnp.max(jnp.abs(rhs))) > 100.0  # a nontrivial forcing
+
+
+def test_burgers_reference_satisfies_the_pde():
+  from examples.studies import pinns
+
+  x = np.linspace(-1.0, 1.0, 201)
+  t = np.array([0.0, 0.2, 0.2 + 1e-3, 0.2 - 1e-3])
+  u = pinns.burgers_reference(x, t)
+  np.testing.assert_allclose(u[0], -np.sin(np.pi * x), atol=1e-12)
+  np.testing.assert_allclose(u[1, [0, -1]], 0.0, atol=1e-8)  # boundary
+  np.testing.assert_allclose(u[1], -u[1, ::-1], atol=1e-8)  # odd in x
+  # Finite differences away from the steepening front at x = 0.
+  dx = x[1] - x[0]
+  u_t = (u[2] - u[3]) / 2e-3
+  u_x = np.gradient(u[1], dx)
+  u_xx = np.gradient(u_x, dx)
+  residual = u_t + u[1] * u_x - pinns.NU * u_xx
+  smooth = (np.abs(x) > 0.2) & (np.abs(x) < 0.95)
+  assert np.max(np.abs(residual[smooth])) < 2e-3
+  assert np.max(np.abs(u_t[smooth])) > 0.1  # the residual is a real cancellation
+
+
+# ---------------------------------------------------------------------------
+# Smoke runs.
+# ---------------------------------------------------------------------------
+
+
+def test_rosenbrock_beale_smoke(tmp_path):
+  from examples.studies import rosenbrock_beale as rb
+
+  metrics = rb.main(["--smoke", "--out", str(tmp_path), "--starts", "3"])
+  text = _read(tmp_path / "rosenbrock_beale_smoke.md")
+  assert (tmp_path / "rosenbrock_beale_smoke.png").read_bytes()[:4] == b"\x89PNG"
+  for problem in ("Rosenbrock", "Beale"):
+    assert f"## {problem}, adam" in text
+    for opt in ("adam", "sgd"):
+      cell = metrics[problem][opt]
+      eq = cell["equal weights"]
+      assert len(eq["final_distance"]) == 3
+      assert 0 <= eq["reached"] <= 3
+      assert cell["best"] in cell
+  # Adam moves every start towards the minimum of the Beale function.
+  start = np.asarray(rb.starting_points(rb.PROBLEMS[1], 3))
+  initial = np.linalg.norm(start - np.array(rb.PROBLEMS[1].minimum), axis=1)
+  final = np.asarray(metrics["Beale"]["adam"]["equal weights"]["final_distance"])
+  assert np.all(final < initial)
+
+
+def test_sparse_autoencoder_smoke(tmp_path):
+  pytest.importorskip("sklearn")
+  from examples.studies import sparse_autoencoder as sae
+
+  out = sae.main(["--smoke", "--seeds", "2", "--steps", "30", "--out",
+                  str(tmp_path), "--no-plot"])
+  _read(tmp_path / "sparse_autoencoder_smoke.md")
+  metrics = out["metrics"]
+  assert "fixed lambda 0" in metrics
+  assert out["best_softadapt"] in metrics
+  for m in metrics.values():
+    assert all(0.0 <= a <= 1.0 for a in m["accuracy"])
+    assert all(math.isfinite(r) and r > 0 for r in m["recon"])
+    assert len(m["accuracy"]) == 2
+  # A larger L1 weight gives sparser codes.
+  assert np.mean(metrics["fixed lambda 0.1"]["zero_fraction"]) > np.mean(
+      metrics["fixed lambda 0"]["zero_fraction"]
+  )
+  assert out["raw_pixel_accuracy"] > 0.9
+
+
+def test_vae_smoke(tmp_path):
+  pytest.importorskip("sklearn")
+  pytest.importorskip("dm_pix")
+  from examples.studies import vae
+
+  out = vae.main(["--smoke", "--seeds", "1", "--epochs", "2", "--out",
+                  str(tmp_path), "--no-plot"])
+  _read(tmp_path / "vae_smoke.md")
+  metrics = out["metrics"]
+  assert len(metrics) == 2  # fixed b = 1, SoftAdapt per epoch
+  for m in metrics.values():
+    assert -1.0 <= m["ssim"][0] <= 1.0
+    assert 0.0 < m["psnr"][0] < 60.0
+    assert m["kl"][0] >= 0.0
+    assert m["epoch_ms"][0] > 0.0
+  # PSNR is 10 log10(1 / MSE) per image: the mean over images is at least the
+  # PSNR of the mean MSE (Jensen), and close to it.
+  m = metrics["fixed KL weight b 1"]
+  psnr_of_mean = -10.0 * math.log10(m["mse"][0])
+  assert m["psnr"][0] >= psnr_of_mean - 1e-3
+
+
+def test_pinns_smoke(tmp_path):
+  from examples.studies import pinns
+
+  metrics = pinns.main(["--smoke", "--problems", "poisson", "--seeds", "2",
+                        "--out", str(tmp_path), "--no-plot"])
+  text = _read(tmp_path / "pinns_smoke.md")
+  assert "## Poisson 1D" in text
+  cells = [c for c in metrics["Poisson 1D"] if not c.startswith("_")]
+  assert cells == [", ".join(c) for c in pinns.CELLS]
+  for cell in cells:
+    rows = metrics["Poisson 1D"][cell]
+    assert "equal weights" in rows
+    for row in rows.values():
+      assert len(row["rel_l2"]) == 2
+      assert all(e > 0 for e in row["rel_l2"])
