@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import _common as C  # first: handles --single-thread
+import _bench_common as C  # first: handles --single-thread
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -49,7 +49,7 @@ import re
 import time
 from typing import Any
 
-import _common as C  # first: handles --single-thread
+import _bench_common as C  # first: handles --single-thread
 import jax
 import jax.numpy as jnp
 import numpy as np

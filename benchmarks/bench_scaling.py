@@ -30,7 +30,7 @@ import argparse
 import statistics
 from typing import Any
 
-import _common as C  # first: handles --single-thread
+import _bench_common as C  # first: handles --single-thread
 import jax
 import jax.numpy as jnp
 

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import argparse
 from typing import Any
 
-import _common as C  # first: handles --single-thread
+import _bench_common as C  # first: handles --single-thread
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -18,7 +18,7 @@ _BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def _load(name):
-  # benchmarks/ is not a package; its scripts import `_common` from there.
+  # benchmarks/ is not a package; its scripts import `_bench_common` from there.
   if str(_BENCH) not in sys.path:
     sys.path.insert(0, str(_BENCH))
   spec = importlib.util.spec_from_file_location(name, _BENCH / f"{name}.py")

@@ -3,7 +3,7 @@
 Importing this module first handles ``--single-thread`` (one XLA thread pinned
 to one core: steadier timings on a small, shared machine), which must be set
 before jax is imported. Scripts in this folder run as
-``python benchmarks/<script>.py`` and import it as ``_common``.
+``python benchmarks/<script>.py`` and import it as ``_bench_common``.
 """
 
 from __future__ import annotations
