@@ -138,9 +138,9 @@ def key_data(key: ArrayLike | None, seed: int) -> jax.Array:
   """
   if key is None:
     key = jax.random.key(seed)
-  key = jnp.asarray(key) if not _is_typed_key(key) else key
   if _is_typed_key(key):
     return jax.random.key_data(key)
+  key = jnp.asarray(key)
   if key.dtype != jnp.uint32:
     raise TypeError(
         f"`key` must be a PRNG key (jax.random.key or jax.random.PRNGKey), got "
