@@ -1,8 +1,9 @@
 """Parity with a peer's own code where it installs here: jinns' soft_adapt.
 
-PhysicsNeMo-Sym (PyTorch, large), NeuralPDE.jl (Julia) and jNO are not
-installed in the test environment; their conventions are checked against
-hand-derived values in ``test_family_formulas.py``.
+The other peers do not install here: ``nvidia-physicsnemo-sym`` fails to
+build its wheel from PyPI, NeuralPDE.jl needs Julia, and PyPI's ``jno`` is an
+unrelated package. Their conventions are checked against values derived by
+hand from their formulas in ``test_family_formulas.py``.
 """
 
 from __future__ import annotations
