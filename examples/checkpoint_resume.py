@@ -69,7 +69,13 @@ import tqdm
 
 import softadapt_jax as sa
 
-COMPONENTS = ("smooth", "scaled")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # also when loaded by file path, as the tests do
+  sys.path.insert(0, _HERE)
+import _toy_task as toy  # noqa: E402  (next to this file)
+
+COMPONENTS = toy.COMPONENTS
+DATASET_SIZE = 512
 # Settings that must match between the run that wrote a checkpoint and the
 # one that resumes from it (stored next to the state, checked on restore).
 _CONFIG_KEYS = ("seed", "hidden", "batch_size", "lr", "beta", "variant", "nan_at")
@@ -81,14 +87,6 @@ _RESUME_KEYS = (*_CONFIG_KEYS, "steps", "chunk", "save_every")
 # ---------------------------------------------------------------------------
 # Problem, model, optimizer: plain JAX and Optax.
 # ---------------------------------------------------------------------------
-
-
-def make_dataset(key: jax.Array, size: int = 512) -> dict[str, jax.Array]:
-  """``x`` uniform in ``[-1, 1]^2``; targets of scale 1 and 10."""
-  x = jax.random.uniform(key, (size, 2), minval=-1.0, maxval=1.0)
-  smooth = jnp.sin(jnp.pi * x[:, 0]) * jnp.cos(jnp.pi * x[:, 1])
-  scaled = 10.0 * (x[:, 0] ** 2 - x[:, 1] ** 2)
-  return {"x": x, "y": jnp.stack([smooth, scaled], axis=1)}
 
 
 def init_mlp(key: jax.Array, sizes: Sequence[int]) -> list[dict[str, jax.Array]]:
@@ -122,7 +120,7 @@ class Setup(NamedTuple):
 def make_setup(args: argparse.Namespace) -> Setup:
   settings = {"beta": args.beta, "variant": args.variant}
   data_key, batch_key, model_key = jax.random.split(jax.random.key(args.seed), 3)
-  data = make_dataset(data_key)
+  data = toy.make_dataset(data_key, DATASET_SIZE)
   tx = optax.chain(
       sa.softadapt_track(len(COMPONENTS), **settings),
       optax.apply_if_finite(optax.adam(args.lr), max_consecutive_errors=5),
@@ -131,10 +129,7 @@ def make_setup(args: argparse.Namespace) -> Setup:
 
   def train_step(state, _):
     step = state["step"]
-    idx = jax.random.randint(
-        jax.random.fold_in(batch_key, step), (args.batch_size,), 0, 512
-    )
-    batch = jax.tree.map(lambda a: a[idx], data)
+    batch = toy.batch_at(data, batch_key, step, args.batch_size)
     # A data glitch at step nan_at: NaN targets, so NaN losses and gradients.
     batch["y"] = jnp.where(step == args.nan_at, jnp.nan, batch["y"])
     out = grad_fn(state["opt_state"], state["params"], batch)
@@ -337,12 +332,10 @@ def differences(a: Any, b: Any) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      description=__doc__.splitlines()[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  parser = toy.make_parser(
+      __doc__.splitlines()[0], steps=600, chunk=50, hidden=32
   )
   parser.add_argument("--mode", choices=("demo", "train"), default="demo")
-  parser.add_argument("--steps", type=int, default=600, help="training steps")
   parser.add_argument(
       "--stop-at", type=int, default=None,
       help="stop (and save) after this step; default: half of --steps",
@@ -352,22 +345,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       help="step with NaN targets; default: demo --stop-at - 1, train -1 (none)",
   )
   parser.add_argument("--save-every", type=int, default=100)
-  parser.add_argument("--chunk", type=int, default=50, help="steps per chunk")
   parser.add_argument(
       "--ckpt-dir", default=None,
       help="checkpoint directory (demo: a new temporary one if not given)",
   )
   parser.add_argument("--dump", default=None, help="write the trajectory (.npz)")
-  parser.add_argument("--hidden", type=int, default=32)
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--lr", type=float, default=3e-3, help="Adam step size")
-  parser.add_argument("--beta", type=float, default=0.1, help="SoftAdapt beta")
-  parser.add_argument(
-      "--variant",
-      default="loss_weighted",
-      choices=("original", "normalized", "loss_weighted"),
-  )
-  parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   if args.stop_at is None:
     args.stop_at = args.steps if args.mode == "train" else args.steps // 2
@@ -434,9 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       save_trajectory(args.dump, traj)
     return {"config": config, "trajectory": traj}
 
-  print("Config:")
-  for key, value in config.items():
-    print(f"  {key:10s} {value}")
+  toy.print_config(config)
   start = time.perf_counter()
   with tempfile.TemporaryDirectory() as tmp:
     ckpt_dir = args.ckpt_dir or os.path.join(tmp, "ckpt")

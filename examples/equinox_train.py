@@ -35,9 +35,8 @@ Run::
 
 from __future__ import annotations
 
-import argparse
-import functools
-import time
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,38 +45,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 import softadapt_jax as sa
 
-COMPONENTS = ("smooth", "scaled")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # also when loaded by file path, as the tests do
+  sys.path.insert(0, _HERE)
+import _toy_task as toy  # noqa: E402  (next to this file)
 
-
-def make_dataset(key: jax.Array, size: int) -> dict[str, jax.Array]:
-  """``x`` uniform in ``[-1, 1]^2``; targets of scale 1 and 10."""
-  x = jax.random.uniform(key, (size, 2), minval=-1.0, maxval=1.0)
-  smooth = jnp.sin(jnp.pi * x[:, 0]) * jnp.cos(jnp.pi * x[:, 1])
-  scaled = 10.0 * (x[:, 0] ** 2 - x[:, 1] ** 2)
-  return {"x": x, "y": jnp.stack([smooth, scaled], axis=1)}
-
-
-@functools.partial(jax.jit, static_argnames=("length", "batch_size"))
-def sample_batches(
-    data: dict[str, jax.Array],
-    key: jax.Array,
-    start: jax.Array,
-    length: int,
-    batch_size: int,
-) -> dict[str, jax.Array]:
-  """``[length, batch_size, ...]`` minibatches; step ``t`` uses ``fold_in(key, t)``."""
-
-  def one(step):
-    idx = jax.random.randint(
-        jax.random.fold_in(key, step), (batch_size,), 0, data["x"].shape[0]
-    )
-    return jax.tree.map(lambda a: a[idx], data)
-
-  return jax.vmap(one)(start + jnp.arange(length))
+COMPONENTS = toy.COMPONENTS
 
 
 def loss_components(model: eqx.Module, batch: dict[str, jax.Array]) -> jax.Array:
@@ -126,31 +102,6 @@ def make_train_chunk(train_step):
   return train_chunk
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      description=__doc__.splitlines()[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-  )
-  parser.add_argument("--steps", type=int, default=4000, help="training steps")
-  parser.add_argument("--chunk", type=int, default=250, help="steps per chunk")
-  parser.add_argument("--loop", choices=("scan", "jit"), default="scan")
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--dataset-size", type=int, default=1024)
-  parser.add_argument("--hidden", type=int, default=64)
-  parser.add_argument("--lr", type=float, default=3e-3, help="Adam step size")
-  parser.add_argument("--beta", type=float, default=0.1, help="SoftAdapt beta")
-  parser.add_argument(
-      "--variant",
-      default="loss_weighted",
-      choices=("original", "normalized", "loss_weighted"),
-  )
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
-  if args.steps < 1 or args.chunk < 1:
-    parser.error("--steps and --chunk must be >= 1")
-  return args
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Trains the model and prints the losses and weights.
 
@@ -164,10 +115,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     before and after training, the SoftAdapt state's count at the end, the
     training time (compilation included) and the trained model.
   """
-  args = parse_args(argv)
+  args = toy.parse_args(__doc__.splitlines()[0], argv, batchnorm=False)
   settings = {"beta": args.beta, "variant": args.variant}
   data_key, batch_key, model_key = jax.random.split(jax.random.key(args.seed), 3)
-  data = make_dataset(data_key, args.dataset_size)
+  data = toy.make_dataset(data_key, args.dataset_size)
 
   model = eqx.nn.MLP(
       in_size=2,
@@ -196,51 +147,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "steps": args.steps,
       "backend": jax.default_backend(),
   }
-  print("Config:")
-  for key, value in config.items():
-    print(f"  {key:10s} {value}")
+  toy.print_config(config)
 
   initial = np.asarray(evaluate(model, data))
-  losses, weights = [], []
-  start = time.perf_counter()
-  with tqdm.tqdm(total=args.steps, desc="Equinox", unit="step", leave=False) as bar:
-    for first in range(0, args.steps, args.chunk):
-      length = min(args.chunk, args.steps - first)
-      batches = sample_batches(
-          data, batch_key, jnp.asarray(first), length, args.batch_size
-      )
-      if args.loop == "scan":
-        model, opt_state, (chunk_losses, chunk_weights) = train_chunk(
-            model, opt_state, batches
-        )
-      else:
-        out = []
-        for i in range(length):
-          model, opt_state, *step_out = jit_step(
-              model, opt_state, jax.tree.map(lambda a, i=i: a[i], batches)
-          )
-          out.append(step_out)
-        chunk_losses, chunk_weights = (jnp.stack(o) for o in zip(*out, strict=True))
-      losses.append(np.asarray(chunk_losses))  # waits for the chunk
-      weights.append(np.asarray(chunk_weights))
-      bar.update(length)
-      bar.set_postfix_str(
-          " ".join(
-              f"{n}={v:.2e}"
-              for n, v in zip(COMPONENTS, losses[-1][-1], strict=True)
-          )
-      )
-  elapsed = time.perf_counter() - start
-  final = np.asarray(evaluate(model, data))
-  losses, weights = np.concatenate(losses), np.concatenate(weights)
+  def run_chunk(state, batches):
+    if args.loop == "scan":
+      model, opt_state, history = train_chunk(*state, batches)
+      return (model, opt_state), history
 
-  print(f"\nTrained {args.steps} steps in {elapsed:.1f} s (compilation included).")
-  print(f"  {'':14s} " + " ".join(f"{n:>10s}" for n in COMPONENTS))
-  print(f"  {'initial loss':14s} " + " ".join(f"{v:10.3e}" for v in initial))
-  print(f"  {'final loss':14s} " + " ".join(f"{v:10.3e}" for v in final))
-  print("\nSoftAdapt weights during training:")
-  for t in np.unique(np.linspace(0, args.steps - 1, 6).round().astype(int)):
-    print(f"  step {t:6d}  " + " ".join(f"{w:.4f}" for w in weights[t]))
+    def step(state, batch):
+      model, opt_state, *step_out = jit_step(*state, batch)
+      return (model, opt_state), step_out
+
+    return toy.run_steps(step, state, batches)
+
+  (model, opt_state), losses, weights, elapsed = toy.train(
+      run_chunk, (model, opt_state), data, batch_key, args, desc="Equinox"
+  )
+  final = np.asarray(evaluate(model, data))
+
+  toy.print_summary(elapsed, initial, final, weights)
   return {
       "config": config,
       "losses": losses,
