@@ -1,37 +1,30 @@
-"""softadapt_jax: SoftAdapt adaptive loss weighting for JAX and Optax.
+"""softadapt_jax: adaptive loss weighting for JAX and Optax, SoftAdapt and its family.
 
-Data flows one way: losses -> history -> slopes -> weights -> direction.
+Data flows one way: observations (loss values) -> rule state -> weights ->
+direction ``h = J^T w`` (one ``jax.vjp``).
 
-- :func:`slopes`, :func:`weights_from_history`: the maths (SPEC sections 2-4).
-- :class:`SoftAdaptState`, :func:`init_state`, :func:`softadapt_weights`: the
-  jittable state machine (sections 5, 6, 8).
-- :func:`softadapt_value_and_grad`: the direction from one ``jax.vjp``.
-- :func:`softadapt_diagnostics`: per-step weights, slopes and losses to stack
-  out of ``lax.scan``; :mod:`softadapt_jax.plotting` draws them.
-- :func:`apply_gradients`: Flax Linen ``TrainState`` update forwarding
-  ``losses=``.
-- :func:`softadapt_track`, :func:`softadapt_combine_grads`: Optax
-  transformations holding the state in ``opt_state``.
-
-The loss-history family shares one protocol, :class:`LossWeighting`
-(``init``, ``update(state, losses) -> (weights, state)``):
-:func:`softadapt` (also on log-losses), :func:`ratio_softadapt`, :func:`dwa`,
-:func:`relobralo` and :func:`random_weighting`; any rule plugs into
-:func:`weighted_value_and_grad`, :func:`track_weights` and
-:func:`combine_grads`.
+- Rules, all :class:`LossWeighting` objects carrying every setting:
+  :func:`softadapt` (also on log-losses), :func:`ratio_softadapt`,
+  :func:`dwa`, :func:`relobralo`, :func:`random_weighting`,
+  :func:`equal_weights`, :func:`fixed_weights`, and the combinator
+  :func:`per_epoch`. Each is built from ``K`` or from the names of the losses.
+- Routes, taking a rule and nothing else: :func:`weighted_value_and_grad`
+  (one backward pass), :func:`track_weights` and :func:`combine_grads`
+  (Optax), :func:`find_weighting_state`, :func:`diagnostics` (logging) and
+  :func:`apply_gradients` (Flax Linen).
+- The functional core of SoftAdapt (SPEC section 9): :func:`slopes`,
+  :func:`weights_from_history`, :class:`SoftAdaptState`, :func:`init_state`,
+  :func:`softadapt_weights`.
 """
 
+from typing import Any
+
+from softadapt_jax._diagnostics import diagnostics
 from softadapt_jax._dwa import DWAState, dwa
-from softadapt_jax._gradients import (
-    SoftAdaptGrad,
-    WeightedGrad,
-    find_softadapt_state,
-    softadapt_value_and_grad,
-    weighted_value_and_grad,
-)
+from softadapt_jax._fixed import FixedWeightsState, equal_weights, fixed_weights
 from softadapt_jax._linen import apply_gradients
-from softadapt_jax._logging import SoftAdaptDiagnostics, softadapt_diagnostics
-from softadapt_jax._protocol import LossWeighting, find_weighting_state
+from softadapt_jax._per_epoch import PerEpochState, per_epoch
+from softadapt_jax._protocol import LossWeighting
 from softadapt_jax._random_weighting import RandomWeightingState, random_weighting
 from softadapt_jax._ratio import (
     RATIO_SOFTADAPT_CONVENTIONS,
@@ -43,54 +36,78 @@ from softadapt_jax._relobralo import (
     ReLoBRaLoState,
     relobralo,
 )
+from softadapt_jax._routes import (
+    WeightedGrad,
+    combine_grads,
+    find_weighting_state,
+    track_weights,
+    weighted_value_and_grad,
+)
 from softadapt_jax._slopes import finite_difference_coefficients, slopes
-from softadapt_jax._state import (
+from softadapt_jax._softadapt import (
     SoftAdaptState,
     init_state,
     softadapt,
     softadapt_weights,
 )
-from softadapt_jax._transforms import (
-    combine_grads,
-    softadapt_combine_grads,
-    softadapt_track,
-    track_weights,
-)
 from softadapt_jax._weights import softmax_weights, weights_from_history
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
     "RATIO_SOFTADAPT_CONVENTIONS",
     "RELOBRALO_CONVENTIONS",
     "DWAState",
+    "FixedWeightsState",
     "LossWeighting",
+    "PerEpochState",
     "RandomWeightingState",
     "RatioSoftAdaptState",
     "ReLoBRaLoState",
-    "SoftAdaptDiagnostics",
-    "SoftAdaptGrad",
     "SoftAdaptState",
     "WeightedGrad",
     "apply_gradients",
     "combine_grads",
+    "diagnostics",
     "dwa",
-    "find_softadapt_state",
+    "equal_weights",
     "find_weighting_state",
     "finite_difference_coefficients",
+    "fixed_weights",
     "init_state",
+    "per_epoch",
     "random_weighting",
     "ratio_softadapt",
     "relobralo",
     "slopes",
     "softadapt",
-    "softadapt_combine_grads",
-    "softadapt_diagnostics",
-    "softadapt_track",
-    "softadapt_value_and_grad",
     "softadapt_weights",
     "softmax_weights",
     "track_weights",
     "weighted_value_and_grad",
     "weights_from_history",
 )
+
+# Names removed in 0.2.0, each with what replaces it: the rule object is the
+# one way into the Optax routes.
+_REMOVED = {
+    "softadapt_track": "sa.track_weights(sa.softadapt(K, ...))",
+    "softadapt_combine_grads": "sa.combine_grads(sa.softadapt(K, ...))",
+    "softadapt_value_and_grad": (
+        "sa.weighted_value_and_grad(fun, sa.softadapt(K, ...)), and "
+        "tx.update(..., weighting_state=out.state)"
+    ),
+    "find_softadapt_state": "sa.find_weighting_state(tree, rule)",
+    "SoftAdaptGrad": "sa.WeightedGrad",
+    "softadapt_diagnostics": "sa.diagnostics(tree, rule)",
+    "SoftAdaptDiagnostics": "sa.diagnostics(tree, rule), a dict of arrays",
+}
+
+
+def __getattr__(name: str) -> Any:
+  if name in _REMOVED:
+    raise AttributeError(
+        f"softadapt_jax.{name} was removed in 0.2.0: every setting now lives in "
+        f"the rule object; use {_REMOVED[name]} instead."
+    )
+  raise AttributeError(f"module 'softadapt_jax' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``apply_gradients`` for Flax Linen ``TrainState``, forwarding ``losses=``.
+"""``apply_gradients`` for Flax Linen, forwarding what the weighting records.
 
 Flax is not imported: any object with ``step``, ``params``, ``tx``,
 ``opt_state`` and a ``replace(**changes)`` method works.
@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import jax
 import optax
+
+from softadapt_jax._routes import WeightedGrad
 
 _State = TypeVar("_State")
 
@@ -24,40 +25,38 @@ def apply_gradients(
     state: _State,
     grads: Any,
     *,
-    losses: jax.Array,
+    losses: Any = None,
     update_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> _State:
-  r"""``TrainState.apply_gradients`` that also passes ``losses=`` to ``tx.update``.
+  r"""``TrainState.apply_gradients`` that forwards what the weighting needs.
 
   .. math::
-    (u, s') = \text{tx.update}(g, s, p, \text{losses}=L), \qquad
+    (u, s') = \text{tx.update}(g, s, p, \ldots), \qquad
     p' = p + u, \qquad \text{step}' = \text{step} + 1
 
   Flax Linen's ``TrainState.apply_gradients(grads=...)`` calls
   ``tx.update(grads, opt_state, params)`` without extra arguments, so a chain
-  holding :func:`softadapt_track` or :func:`softadapt_combine_grads` cannot
-  receive the loss vector. This function does the same update with
-  ``losses=`` (and ``update_kwargs``) forwarded, and like the method it
-  replaces any further attributes given in ``kwargs`` (e.g. ``batch_stats``)
-  and handles the ``_overwrite_with_gradient`` collection (FP8 scales).
+  holding :func:`track_weights` or :func:`combine_grads` cannot receive what
+  it records. This function does the same update and forwards it:
 
-  ``state`` needs only ``step``, ``params``, ``tx``, ``opt_state`` and
-  ``replace``: ``flax.training.train_state.TrainState`` and its subclasses
-  work, and so does any ``flax.struct`` dataclass with those fields. To keep
-  the method syntax, override it in a subclass::
+  - ``apply_gradients(state, out)`` with ``out`` the :class:`WeightedGrad` of
+    :func:`weighted_value_and_grad`: the direction is ``out.grad`` and
+    :func:`track_weights` records ``out.state``;
+  - ``apply_gradients(state, stacked, losses=...)`` for :func:`combine_grads`.
 
-    class TrainState(train_state.TrainState):
-      def apply_gradients(self, *, grads, losses, **kwargs):
-        return sa.apply_gradients(self, grads, losses=losses, **kwargs)
+  Like the method it replaces any further attributes given in ``kwargs``
+  (e.g. ``batch_stats``) and handles the ``_overwrite_with_gradient``
+  collection (FP8 scales). ``state`` needs only ``step``, ``params``, ``tx``,
+  ``opt_state`` and ``replace``: ``flax.training.train_state.TrainState`` and
+  its subclasses work, and so does any ``flax.struct`` dataclass with those
+  fields.
 
   Args:
     state: the train state.
-    grads: the update direction, a pytree like ``state.params`` (e.g.
-      ``out.grad`` of :func:`softadapt_value_and_grad`; per-component
-      gradients stacked on a leading ``K`` axis for
-      :func:`softadapt_combine_grads`).
-    losses: ``[K]`` the loss components of this step.
+    grads: a :class:`WeightedGrad`, or the updates for ``tx`` (per-component
+      gradients for :func:`combine_grads`).
+    losses: the loss components of this step, for :func:`combine_grads`.
     update_kwargs: further keyword arguments for ``tx.update`` (e.g.
       ``value=``, ``grad=``, ``value_fn=`` for a line search).
     **kwargs: further attributes of ``state`` to replace.
@@ -79,29 +78,30 @@ def apply_gradients(
     ...     return self._replace(**changes)
     >>> def losses(x):
     ...   return jnp.stack([jnp.sum(x ** 2), jnp.sum((x - 1.0) ** 2)])
-    >>> tx = optax.chain(sa.softadapt_track(2), optax.sgd(0.1))
+    >>> rule = sa.softadapt(2)
+    >>> tx = optax.chain(sa.track_weights(rule), optax.sgd(0.1))
     >>> x = jnp.array([0.5, 2.0])
     >>> state = TrainState(0, x, tx, tx.init(x))
-    >>> out = sa.softadapt_value_and_grad(losses)(state.opt_state, state.params)
-    >>> state = sa.apply_gradients(state, out.grad, losses=out.losses)
+    >>> out = sa.weighted_value_and_grad(losses, rule)(state.opt_state, state.params)
+    >>> state = sa.apply_gradients(state, out)
     >>> state.step, state.params.tolist()   # x - 0.1 * (0.5 g_1 + 0.5 g_2)
     (1, [0.5, 1.7000000476837158])
-    >>> int(sa.find_softadapt_state(state.opt_state).count)
+    >>> int(sa.find_weighting_state(state.opt_state, rule).count)
     1
   """
+  extra = dict(update_kwargs or {})
+  if isinstance(grads, WeightedGrad):
+    extra["weighting_state"] = grads.state
+    grads = grads.grad
+  if losses is not None:
+    extra["losses"] = losses
   params = state.params
   overwrite = isinstance(grads, Mapping) and _OVERWRITE_WITH_GRADIENT in grads
   if overwrite:
     grads_opt, params_opt = grads["params"], params["params"]
   else:
     grads_opt, params_opt = grads, params
-  updates, opt_state = state.tx.update(
-      grads_opt,
-      state.opt_state,
-      params_opt,
-      losses=losses,
-      **(update_kwargs or {}),
-  )
+  updates, opt_state = state.tx.update(grads_opt, state.opt_state, params_opt, **extra)
   new_params = optax.apply_updates(params_opt, updates)
   if overwrite:
     new_params = {

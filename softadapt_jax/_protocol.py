@@ -1,76 +1,238 @@
-"""The protocol every loss-weighting rule follows, and the pieces rules share.
+"""The kit for writing a loss-weighting rule, and the protocol every rule follows.
 
-A rule is a :class:`LossWeighting`: ``init`` builds a ``NamedTuple`` state of
-arrays, ``update(state, losses) -> (weights, new_state)`` records one loss
-vector and returns the weights for it. Static configuration (``K``, cadence,
-the axis name) lives in the closure; float hyperparameters stay traceable, so
-a rule built inside ``jax.vmap`` or ``optax.inject_hyperparams`` sweeps them.
+A rule is a :class:`LossWeighting`. Its author writes two small functions on
+``[K]`` vectors: ``init_fn(dtype, key) -> state`` and
+``update_fn(state, losses) -> state``. The kit does everything every rule
+needs, once: named losses, argument checks, the cast to the state's dtype,
+``stop_gradient``, the ``pmean`` over a data axis, skipping non-finite loss
+vectors (the state is left as it was and ``num_skipped`` counts the skip),
+and diagnostics for logging. Static configuration (``K``, cadence, the axis
+name) lives in the closures; float hyperparameters stay traceable, so a rule
+built inside ``jax.vmap`` or ``optax.inject_hyperparams`` sweeps them.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.typing import ArrayLike
 
 from softadapt_jax import _checks
+from softadapt_jax._structure import LossSpec, LossStructure
 
 _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 AxisName = str | tuple[str, ...] | None
+State = Any
+InitFn = Callable[[jnp.dtype, Any], State]
+UpdateFn = Callable[[State, jax.Array], State]
+DiagnosticsFn = Callable[[State], Mapping[str, jax.Array]]
 
 
-class InitFn(Protocol):
-  """``init(*, key=None, dtype=None) -> state``."""
-
-  def __call__(self, *, key: ArrayLike | None = None, dtype: Any = None) -> Any:
-    ...
-
-
-class UpdateFn(Protocol):
-  """``update(state, losses) -> (weights, new_state)``."""
-
-  def __call__(self, state: Any, losses: ArrayLike) -> tuple[jax.Array, Any]:
-    ...
-
-
-class LossWeighting(NamedTuple):
+class LossWeighting:
   """A loss-weighting rule: a pure-functional state machine over loss vectors.
 
-  Attributes:
-    init: ``init(*, key=None, dtype=None) -> state``. ``key`` seeds the rules
-      that draw random numbers (default: the rule's ``seed``); ``dtype`` is
-      the floating dtype of the state (default float32, never lower).
-    update: ``update(state, losses) -> (weights, new_state)``: records the
-      ``[K]`` loss vector (skipping it if it is non-finite, or non-positive
-      for rules that divide by losses or take their log) and returns the
-      ``[K]`` weights to apply to it. Jittable, scannable and vmappable.
-    num_losses: ``K`` (static).
+  Every factory of this package (:func:`softadapt`, :func:`relobralo`,
+  :func:`equal_weights`, ...) returns one; the Optax routes
+  (:func:`track_weights`, :func:`combine_grads`,
+  :func:`weighted_value_and_grad`) take one and nothing else. To write a new
+  rule, give the two core functions on ``[K]`` vectors:
+
+  - ``init_fn(dtype, key) -> state``: a ``NamedTuple`` of arrays with at least
+    the fields ``count`` (int32 scalar), ``weights`` (``[K]``, in ``dtype``)
+    and ``num_skipped`` (int32 scalar); ``key`` is the PRNG key given to
+    :meth:`init` (or ``None``).
+  - ``update_fn(state, losses) -> state``: ``losses`` is a finite ``[K]``
+    vector in the state's dtype, and ``state.count`` already counts it; the
+    returned state's ``weights`` are the weights for this step.
+
+  Args:
+    init_fn: the core ``init``.
+    update_fn: the core ``update``.
+    num_losses: ``K``; or the names of the losses (a sequence of strings: the
+      losses are then a mapping with these keys); or a ``PyTreeDef`` of any
+      pytree of scalar losses. Weights come back in the same structure.
     axis_name: the mapped data axis the losses are averaged over inside
-      ``shard_map``/``pmap`` before they are recorded, or ``None``; the
-      one-VJP helper averages the direction over the same axis.
+      ``shard_map``/``pmap`` before they are recorded, or ``None``.
+    diagnostics_fn: ``state -> {name: [K] or scalar array}``, what the rule
+      logs besides its weights (e.g. the slopes of SoftAdapt).
 
   Example:
     >>> import jax.numpy as jnp
     >>> import softadapt_jax as sa
-    >>> rule = sa.ratio_softadapt(2)
+    >>> rule = sa.ratio_softadapt(["residual", "boundary"])
     >>> state = rule.init()
-    >>> w, state = rule.update(state, jnp.array([1.0, 1.0]))
-    >>> w.tolist()   # the first loss vector is the reference: weights 1
-    [1.0, 1.0]
+    >>> w, state = rule.update(state, {"residual": 1.0, "boundary": 2.0})
+    >>> {k: float(v) for k, v in w.items()}   # the first vector: weights 1
+    {'residual': 1.0, 'boundary': 1.0}
   """
 
-  init: InitFn
-  update: UpdateFn
-  num_losses: int
-  axis_name: AxisName = None
+  def __init__(
+      self,
+      init_fn: InitFn,
+      update_fn: UpdateFn,
+      num_losses: LossSpec | LossStructure,
+      *,
+      axis_name: AxisName = None,
+      diagnostics_fn: DiagnosticsFn | None = None,
+  ) -> None:
+    self.structure = (
+        num_losses
+        if isinstance(num_losses, LossStructure)
+        else LossStructure(num_losses)
+    )
+    self.num_losses: int = self.structure.num_losses
+    self.names: tuple[str, ...] = self.structure.names
+    self.axis_name = axis_name
+    self._init_fn = init_fn
+    self._update_fn = update_fn
+    self._diagnostics_fn = diagnostics_fn
 
+  def __repr__(self) -> str:
+    return (
+        f"LossWeighting(state={self.state_type.__name__}, "
+        f"losses={self.structure.describe()}, axis_name={self.axis_name!r})"
+    )
 
-def check_num_losses(num_losses: Any) -> int:
-  return _checks.check_int("num_losses", num_losses, minimum=1)
+  @functools.cached_property
+  def state_type(self) -> type:
+    """The ``NamedTuple`` class of this rule's state."""
+    return type(jax.eval_shape(self.init))
+
+  def init(self, *, key: ArrayLike | None = None, dtype: Any = None) -> State:
+    """A fresh state.
+
+    Args:
+      key: seeds the rules that draw random numbers (default: the rule's
+        ``seed``); ignored by the others.
+      dtype: the floating dtype of the state (default float32; never lower).
+
+    Returns:
+      The rule's state, a ``NamedTuple`` of arrays.
+    """
+    state = self._init_fn(state_dtype(dtype), key)
+    self.check_state(state, "init_fn")
+    return state
+
+  def update(self, state: State, losses: Any) -> tuple[Any, State]:
+    """Records one loss vector and returns the weights for it.
+
+    Args:
+      state: this rule's state.
+      losses: the ``K`` losses of this step, in the rule's structure (a
+        ``[K]`` array, or a mapping / pytree of named scalars), any float dtype.
+
+    Returns:
+      ``(weights, new_state)``: the weights in the structure of the losses
+      (carrying no gradient), and the new state, whose ``weights`` they are.
+      A loss vector with a non-finite entry is not recorded: the state is
+      returned unchanged but for ``num_skipped``, with its held weights.
+    """
+    weights, state, _, _ = self.advance(state, self.structure.flatten(losses))
+    return self.structure.unflatten(weights), state
+
+  def advance(
+      self, state: State, losses: jax.Array, *, prepared: bool = False
+  ) -> tuple[jax.Array, State, jax.Array, jax.Array]:
+    """The vector form of :meth:`update`, for the routes and combinators.
+
+    Args:
+      state: this rule's state.
+      losses: ``[K]`` losses.
+      prepared: the losses are already cast, averaged over ``axis_name`` and
+        free of gradients (a combinator feeding its inner rule).
+
+    Returns:
+      ``(weights, new_state, losses, recorded)``: the ``[K]`` weights, the
+      state, the ``[K]`` losses as recorded (cast, averaged) and whether they
+      were recorded (a traced bool).
+    """
+    self.check_state(state)
+    dtype = state.weights.dtype
+    if not prepared:
+      losses = jax.lax.stop_gradient(jnp.asarray(losses)).astype(dtype)
+      if self.axis_name is not None:
+        losses = jax.lax.pmean(losses, self.axis_name)
+    recorded = jnp.all(jnp.isfinite(losses))
+    safe = jnp.where(recorded, losses, jnp.ones_like(losses))
+    counted = state._replace(count=saturating_increment(state.count, recorded))
+    new = self._update_fn(counted, safe)
+    new = jax.tree.map(
+        lambda n, o: jnp.where(recorded, n, o), new, state
+    )
+    new = new._replace(
+        num_skipped=saturating_increment(state.num_skipped, ~recorded)
+    )
+    return jax.lax.stop_gradient(new.weights), new, losses, recorded
+
+  def diagnostics(self, state: State, *, flat: bool = False) -> dict[str, Any]:
+    """What to log from a state: its weights and the rule's own signals.
+
+    Pure JAX: return it from the body of a ``lax.scan`` and every step comes
+    out stacked. Prefer :func:`diagnostics`, which also finds the state
+    inside an ``opt_state``.
+
+    Args:
+      state: this rule's state.
+      flat: return ``{"weight/<name>": scalar, ..., "count": ...}`` for a
+        metric writer instead of ``{"weight": <losses' structure>, ...}``.
+
+    Returns:
+      A dict of arrays: ``"weight"`` (the weights of the last step), the
+      rule's own per-component signals in the losses' structure, and the
+      scalars ``"count"`` and ``"num_skipped"``.
+    """
+    entries = self.diagnostic_vectors(state)
+    k = self.num_losses
+    out: dict[str, Any] = {}
+    for key, value in entries.items():
+      per_component = jnp.shape(value)[-1:] == (k,) and key not in (
+          "count",
+          "num_skipped",
+      )
+      if not per_component:
+        out[key] = value
+      elif flat:
+        for i, name in enumerate(self.names):
+          out[f"{key}/{name}"] = value[..., i]
+      else:
+        out[key] = self.structure.unflatten(value)
+    return out
+
+  def diagnostic_vectors(self, state: State) -> dict[str, jax.Array]:
+    """:meth:`diagnostics` with ``[K]`` vectors instead of named losses."""
+    self.check_state(state)
+    entries: dict[str, jax.Array] = {"weight": state.weights}
+    if self._diagnostics_fn is not None:
+      entries.update(self._diagnostics_fn(state))
+    entries["count"] = state.count
+    entries["num_skipped"] = state.num_skipped
+    return entries
+
+  def check_state(self, state: Any, what: str = "state") -> None:
+    """Raises unless ``state`` has this rule's state layout (trace time)."""
+    fields = getattr(state, "_fields", ())
+    missing = [f for f in ("count", "weights", "num_skipped") if f not in fields]
+    if missing:
+      raise TypeError(
+          f"`{what}` must be a NamedTuple state with the fields count, weights "
+          f"and num_skipped (missing {missing}), got {type(state).__name__}."
+      )
+    if what == "state" and not isinstance(state, self.state_type):
+      raise TypeError(
+          f"`state` must be a {self.state_type.__name__} (from this rule's "
+          f"init), got {type(state).__name__}."
+      )
+    shape = jnp.shape(state.weights)
+    if shape != (self.num_losses,):
+      raise ValueError(
+          f"`{what}.weights` must have shape ({self.num_losses},) for this "
+          f"rule's num_losses={self.num_losses}, got {shape}."
+      )
 
 
 def state_dtype(dtype: Any) -> jnp.dtype:
@@ -81,7 +243,9 @@ def state_dtype(dtype: Any) -> jnp.dtype:
     raise TypeError(
         f"`dtype` must be a floating dtype (e.g. jnp.float32), got {dtype}."
     )
-  return jnp.promote_types(jnp.dtype(dtype), jnp.float32)
+  if jnp.dtype(dtype).itemsize >= 4:
+    return jnp.dtype(dtype)
+  return jnp.dtype(jnp.float32)
 
 
 def total_weight(num_losses: int, scale_by_num_losses: bool) -> float:
@@ -93,29 +257,35 @@ def uniform_weights(num_losses: int, total: float, dtype: Any) -> jax.Array:
   return jnp.full((num_losses,), total / num_losses, dtype)
 
 
-def prepare_losses(
-    losses: ArrayLike, num_losses: int, dtype: Any, axis_name: AxisName
-) -> jax.Array:
-  """Checks ``losses`` is a floating ``[K]`` vector, casts it, ``pmean``s it."""
-  losses = jnp.asarray(losses)
-  if losses.shape != (num_losses,):
+def check_initial_weights(
+    initial_weights: ArrayLike | None,
+    num_losses: int,
+    total: float,
+    *,
+    name: str = "initial_weights",
+) -> None:
+  """Concrete initial weights must be ``[K]``, finite, >= 0 and sum to ``total``."""
+  if initial_weights is None:
+    return
+  shape = jnp.shape(initial_weights)
+  if shape != (num_losses,):
     raise ValueError(
-        f"`losses` must have shape ({num_losses},) to match the state's "
-        f"num_losses={num_losses}, got shape {losses.shape}."
+        f"`{name}` must have shape ({num_losses},) to match `num_losses`="
+        f"{num_losses}, got shape {shape}."
     )
-  _checks.check_floating("losses", losses)
-  losses = losses.astype(dtype)
-  if axis_name is not None:
-    losses = jax.lax.pmean(losses, axis_name)
-  return losses
+  if not _checks.is_concrete(initial_weights):
+    return
+  import numpy as np
 
-
-def is_recordable(losses: jax.Array, *, positive: bool) -> jax.Array:
-  """Whether a loss vector may enter a rule's state (a traced bool)."""
-  ok = jnp.all(jnp.isfinite(losses))
-  if positive:
-    ok = ok & jnp.all(losses > 0)
-  return ok
+  w = np.asarray(initial_weights, np.float64)
+  if not np.all(np.isfinite(w)) or np.any(w < 0):
+    raise ValueError(f"`{name}` must be finite and >= 0, got {w.tolist()}.")
+  if not np.isclose(w.sum(), total, rtol=1e-5, atol=0.0):
+    raise ValueError(
+        f"`{name}` must sum to {total:g} (the weights' configured total; "
+        f"scale_by_num_losses sets it to K), got {w.tolist()} summing to "
+        f"{w.sum():g}."
+    )
 
 
 def saturating_increment(counter: jax.Array, condition: jax.Array) -> jax.Array:
@@ -123,11 +293,49 @@ def saturating_increment(counter: jax.Array, condition: jax.Array) -> jax.Array:
   return jnp.where(condition & (counter < _INT32_MAX), counter + 1, counter)
 
 
-def scaled_softmax(z: jax.Array, total: float) -> jax.Array:
-  """``total * softmax(z)``, max-shifted; huge or infinite ``z`` saturate."""
-  finfo = jnp.finfo(z.dtype)
-  z = jnp.nan_to_num(z, nan=0.0, posinf=finfo.max, neginf=finfo.min)
-  return total * jax.nn.softmax(z)
+def bounded(z: jax.Array) -> jax.Array:
+  """``z`` with NaN at 0 and every entry clipped to a quarter of the range.
+
+  Differences and sums of two bounded values cannot overflow, so a softmax
+  of them never meets ``inf - inf`` and never produces an internal inf
+  (``jax_debug_infs`` stays quiet).
+  """
+  big = jnp.finfo(z.dtype).max / 4
+  return jnp.clip(jnp.nan_to_num(z, nan=0.0, posinf=big, neginf=-big), -big, big)
+
+
+def scaled_softmax(
+    z: jax.Array, temperature: ArrayLike, total: float
+) -> jax.Array:
+  """``total * softmax(z / temperature)``, max-shifted and overflow-free.
+
+  ``z / temperature`` is formed without overflow (huge ratios saturate), so a
+  tiny temperature or a huge ratio sends all weight to the largest entry. A
+  (traced) temperature below the smallest normal float is clamped to it.
+  """
+  t = jnp.maximum(jnp.asarray(temperature, z.dtype), jnp.finfo(z.dtype).tiny)
+  big = jnp.finfo(z.dtype).max / 4
+  # |z| <= big * t keeps |z / t| <= big.
+  limit = big * jnp.minimum(t, 1)
+  u = bounded(jnp.clip(bounded(z), -limit, limit) / t)
+  e = jnp.exp(u - jnp.max(u))
+  return (total * e / jnp.sum(e)).astype(z.dtype)
+
+
+def safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
+  """``num / den`` where ``den != 0``, and ``sign(num) * big`` where it is 0.
+
+  For guarded ratios of losses (the guard, e.g. ``+ epsilon``, is the rule's
+  own): a component that grows from exactly 0 gets a huge ratio, 0 / 0 gives
+  0, and no inf is ever formed.
+  """
+  big = jnp.finfo(num.dtype).max / 4
+  nonzero = den != 0
+  tiny = jnp.finfo(num.dtype).tiny
+  # Divide by a denominator no smaller than |num| / big: no overflow.
+  floor = jnp.maximum(jnp.abs(num) / big, tiny)
+  safe_den = jnp.where(nonzero, jnp.sign(den) * jnp.maximum(jnp.abs(den), floor), 1)
+  return jnp.where(nonzero, num / safe_den, jnp.sign(num) * big)
 
 
 def key_data(key: ArrayLike | None, seed: int) -> jax.Array:
@@ -137,8 +345,9 @@ def key_data(key: ArrayLike | None, seed: int) -> jax.Array:
   tree-map like any other array.
   """
   if key is None:
-    key = jax.random.key(seed)
-  if _is_typed_key(key):
+    return jax.random.key_data(jax.random.key(seed))
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
     return jax.random.key_data(key)
   key = jnp.asarray(key)
   if key.dtype != jnp.uint32:
@@ -149,10 +358,6 @@ def key_data(key: ArrayLike | None, seed: int) -> jax.Array:
   return key
 
 
-def _is_typed_key(key: Any) -> bool:
-  return hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-
-
 def split_key(data: jax.Array) -> tuple[jax.Array, jax.Array]:
   """``(next_key_data, subkey)`` from raw key data."""
   key = jax.random.wrap_key_data(data)
@@ -160,75 +365,10 @@ def split_key(data: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jax.random.key_data(next_key), sub
 
 
-def find_weighting_state(tree: Any, state_type: Any) -> Any:
-  """The single state of a rule inside ``tree`` (e.g. an ``opt_state``).
-
-  Built on ``optax.tree.get``; leaves wrapped by containers such as Flax NNX's
-  optimizer come back as plain arrays.
-
-  Args:
-    tree: a rule's state, or a pytree holding exactly one of its type.
-    state_type: the state's class (e.g. ``ReLoBRaLoState``) or the
-      :class:`LossWeighting` rule itself.
-
-  Returns:
-    That state.
-
-  Raises:
-    ValueError: if ``tree`` holds none, or more than one.
-
-  Example:
-    >>> import optax, softadapt_jax as sa
-    >>> rule = sa.dwa(3)
-    >>> opt_state = optax.chain(sa.track_weights(rule), optax.sgd(0.1)).init(0.0)
-    >>> int(sa.find_weighting_state(opt_state, rule).num_epochs)
-    0
-  """
-  if isinstance(state_type, LossWeighting):
-    state_type = state_type_of(state_type)
-  if isinstance(tree, state_type):
-    return tree
-  name = state_type.__name__
-  try:
-    found = optax.tree.get(tree, name)
-  except KeyError as e:
-    raise ValueError(
-        f"more than one {name} found in the given tree; pass the one you mean "
-        "explicitly."
-    ) from e
-  if not isinstance(found, state_type):
-    raise ValueError(
-        f"no {name} found in the given tree: put the rule's track_weights(...) "
-        "or combine_grads(...) in the optimizer chain, or pass the state "
-        f"itself (got {type(tree).__name__})."
-    )
-  return state_type(*(jnp.asarray(field) for field in found))
-
-
-def state_type_of(rule: LossWeighting) -> type:
-  """The ``NamedTuple`` class of ``rule``'s state (traced abstractly)."""
-  return type(jax.eval_shape(rule.init))
-
-
-def check_rule(rule: Any) -> LossWeighting:
+def check_rule(rule: Any, name: str = "rule") -> LossWeighting:
   if not isinstance(rule, LossWeighting):
     raise TypeError(
-        "`rule` must be a LossWeighting (e.g. softadapt_jax.softadapt(K), "
+        f"`{name}` must be a LossWeighting (e.g. softadapt_jax.softadapt(K), "
         f"softadapt_jax.relobralo(K)), got {type(rule).__name__}."
     )
   return rule
-
-
-def check_state(state: Any, state_type: type, num_losses: int) -> None:
-  if not isinstance(state, state_type):
-    raise TypeError(
-        f"`state` must be a {state_type.__name__} (from this rule's init), got "
-        f"{type(state).__name__}."
-    )
-  shape = jnp.shape(state.weights)
-  if shape != (num_losses,):
-    raise ValueError(
-        f"`state.weights` must have shape ({num_losses},) for this rule's "
-        f"num_losses={num_losses}, got {shape}."
-    )
-

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from softadapt_jax import _checks, _protocol
+from softadapt_jax._structure import LossSpec, LossStructure
 
 
 class RandomWeightingState(NamedTuple):
@@ -28,7 +29,7 @@ class RandomWeightingState(NamedTuple):
 
 
 def random_weighting(
-    num_losses: int,
+    num_losses: LossSpec,
     *,
     scale_by_num_losses: bool = False,
     seed: int = 0,
@@ -45,7 +46,7 @@ def random_weighting(
   advance the key.
 
   Args:
-    num_losses: ``K`` (static).
+    num_losses: ``K``, or the names of the losses, or a ``PyTreeDef``.
     scale_by_num_losses: weights sum to ``K`` instead of 1.
     seed: seed of the default key (``init(key=...)`` overrides it).
     axis_name: mapped data axis to average the losses over (every replica
@@ -67,36 +68,26 @@ def random_weighting(
     Lin, Ye, Xu, Shi, Zhang, *Reasonable Effectiveness of Random Weighting: A
     Litmus Test for Multi-Task Learning*, TMLR 2022; LibMTL ``weighting/RLW.py``.
   """
-  num_losses = _protocol.check_num_losses(num_losses)
+  k = LossStructure(num_losses).num_losses
   seed = _checks.check_int("seed", seed, minimum=0)
-  total = _protocol.total_weight(num_losses, scale_by_num_losses)
+  total = _protocol.total_weight(k, scale_by_num_losses)
 
-  def init_fn(*, key: ArrayLike | None = None, dtype=None) -> RandomWeightingState:
-    dtype = _protocol.state_dtype(dtype)
+  def init_fn(dtype: jnp.dtype, key: ArrayLike | None) -> RandomWeightingState:
     return RandomWeightingState(
         count=jnp.zeros((), jnp.int32),
-        weights=_protocol.uniform_weights(num_losses, total, dtype),
+        weights=_protocol.uniform_weights(k, total, dtype),
         key=_protocol.key_data(key, seed),
         num_skipped=jnp.zeros((), jnp.int32),
     )
 
   def update_fn(
-      state: RandomWeightingState, losses: ArrayLike
-  ) -> tuple[jax.Array, RandomWeightingState]:
-    _protocol.check_state(state, RandomWeightingState, num_losses)
-    dtype = state.weights.dtype
-    losses = _protocol.prepare_losses(losses, num_losses, dtype, axis_name)
-    recorded = _protocol.is_recordable(losses, positive=False)
+      state: RandomWeightingState, losses: jax.Array
+  ) -> RandomWeightingState:
+    del losses  # they only decide whether the step is recorded
     next_key, sub = _protocol.split_key(state.key)
-    g = jax.random.normal(sub, (num_losses,), dtype)
-    weights = jnp.where(
-        recorded, _protocol.scaled_softmax(g, total).astype(dtype), state.weights
-    )
-    return weights, RandomWeightingState(
-        count=_protocol.saturating_increment(state.count, recorded),
-        weights=weights,
-        key=jnp.where(recorded, next_key, state.key),
-        num_skipped=_protocol.saturating_increment(state.num_skipped, ~recorded),
+    g = jax.random.normal(sub, (k,), state.weights.dtype)
+    return state._replace(
+        weights=_protocol.scaled_softmax(g, 1.0, total), key=next_key
     )
 
-  return _protocol.LossWeighting(init_fn, update_fn, num_losses, axis_name)
+  return _protocol.LossWeighting(init_fn, update_fn, num_losses, axis_name=axis_name)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from softadapt_jax import _checks, _protocol
+from softadapt_jax._structure import LossSpec, LossStructure
 
 LOOKBACKS = ("previous", "last_update")
 
@@ -57,7 +58,7 @@ class RatioSoftAdaptState(NamedTuple):
       recorded vector, or the one of the last update with
       ``lookback="last_update"``).
     weights: ``[K]`` the weights last returned.
-    num_skipped: int32 scalar, loss vectors skipped (non-finite or ``<= 0``).
+    num_skipped: int32 scalar, non-finite loss vectors skipped.
   """
 
   count: jax.Array
@@ -67,7 +68,7 @@ class RatioSoftAdaptState(NamedTuple):
 
 
 def ratio_softadapt(
-    num_losses: int,
+    num_losses: LossSpec,
     *,
     temperature: ArrayLike = 1.0,
     epsilon: ArrayLike = 1e-8,
@@ -85,15 +86,17 @@ def ratio_softadapt(
   with ``t'`` the previous recorded step (or the last update step), and
   ``S = K`` or 1. Ratios are scale-free, unlike the paper's slopes. The first
   recorded vector only sets the reference: its weights are ``S / K`` each (a
-  plain sum when ``S = K``). Loss vectors with a non-finite or non-positive
-  entry are skipped. ``RATIO_SOFTADAPT_CONVENTIONS[peer]`` holds the settings
-  that reproduce each peer: ``ratio_softadapt(K,
-  **RATIO_SOFTADAPT_CONVENTIONS["jinns"])``.
+  plain sum when ``S = K``). A reference of exactly 0 (possible with
+  ``epsilon=0``) gives a component that grows from 0 all the weight, and
+  ``0 / 0`` a ratio of 0: no inf is formed. ``RATIO_SOFTADAPT_CONVENTIONS[peer]``
+  holds the settings that reproduce each peer: ``ratio_softadapt(K,
+  **RATIO_SOFTADAPT_CONVENTIONS["jinns"])``. A traced temperature is clamped
+  at the smallest normal float.
 
   Args:
-    num_losses: ``K`` (static).
-    temperature: ``T`` (traced).
-    epsilon: added to the reference losses.
+    num_losses: ``K``, or the names of the losses, or a ``PyTreeDef``.
+    temperature: ``T > 0`` (traced).
+    epsilon: added to the reference losses, ``>= 0``.
     scale_by_num_losses: weights sum to ``K`` (default, as PhysicsNeMo) or 1.
     lookback: ``"previous"`` (divide by the previous recorded losses) or
       ``"last_update"`` (by those of the last step that updated the weights,
@@ -119,45 +122,47 @@ def ratio_softadapt(
     NVIDIA PhysicsNeMo-Sym, "Advanced schemes: SoftAdapt"; Heydari et al.,
     arXiv:1912.12355.
   """
-  num_losses = _protocol.check_num_losses(num_losses)
+  k = LossStructure(num_losses).num_losses
   update_every = _checks.check_int("update_every", update_every, minimum=1)
   _checks.check_choice("lookback", lookback, LOOKBACKS)
-  _checks.check_scalar("temperature", temperature)
-  _checks.check_scalar("epsilon", epsilon)
-  total = _protocol.total_weight(num_losses, scale_by_num_losses)
+  _checks.check_float("temperature", temperature, positive=True)
+  _checks.check_float("epsilon", epsilon, minimum=0.0)
+  total = _protocol.total_weight(k, scale_by_num_losses)
 
-  def init_fn(*, key: ArrayLike | None = None, dtype=None) -> RatioSoftAdaptState:
+  def init_fn(dtype: jnp.dtype, key: ArrayLike | None) -> RatioSoftAdaptState:
     del key  # deterministic
-    dtype = _protocol.state_dtype(dtype)
     return RatioSoftAdaptState(
         count=jnp.zeros((), jnp.int32),
-        reference=jnp.ones((num_losses,), dtype),
-        weights=_protocol.uniform_weights(num_losses, total, dtype),
+        reference=jnp.ones((k,), dtype),
+        weights=_protocol.uniform_weights(k, total, dtype),
         num_skipped=jnp.zeros((), jnp.int32),
     )
 
   def update_fn(
-      state: RatioSoftAdaptState, losses: ArrayLike
-  ) -> tuple[jax.Array, RatioSoftAdaptState]:
-    _protocol.check_state(state, RatioSoftAdaptState, num_losses)
+      state: RatioSoftAdaptState, losses: jax.Array
+  ) -> RatioSoftAdaptState:
     dtype = state.weights.dtype
-    losses = _protocol.prepare_losses(losses, num_losses, dtype, axis_name)
-    recorded = _protocol.is_recordable(losses, positive=True)
-    count = _protocol.saturating_increment(state.count, recorded)
-    ratio = losses / (state.reference + jnp.asarray(epsilon, dtype))
-    candidate = _protocol.scaled_softmax(
-        ratio / jnp.asarray(temperature, dtype), total
-    ).astype(dtype)
-    due = recorded & (count >= 2) & ((count - 1) % update_every == 0)
-    weights = jnp.where(due, candidate, state.weights)
-    refresh = recorded
-    if lookback == "last_update":
-      refresh = recorded & ((count == 1) | due)
-    return weights, RatioSoftAdaptState(
-        count=count,
+    ratio = _protocol.safe_ratio(
+        losses, state.reference + jnp.asarray(epsilon, dtype)
+    )
+    candidate = _protocol.scaled_softmax(ratio, temperature, total)
+    due = (state.count >= 2) & ((state.count - 1) % update_every == 0)
+    refresh = (
+        (state.count == 1) | due if lookback == "last_update" else jnp.bool_(True)
+    )
+    return state._replace(
         reference=jnp.where(refresh, losses, state.reference),
-        weights=weights,
-        num_skipped=_protocol.saturating_increment(state.num_skipped, ~recorded),
+        weights=jnp.where(due, candidate, state.weights),
     )
 
-  return _protocol.LossWeighting(init_fn, update_fn, num_losses, axis_name)
+  def diagnostics_fn(state: RatioSoftAdaptState) -> dict[str, jax.Array]:
+    return {"reference": state.reference}
+
+  return _protocol.LossWeighting(
+      init_fn,
+      update_fn,
+      num_losses,
+      axis_name=axis_name,
+      diagnostics_fn=diagnostics_fn,
+  )
+

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from softadapt_jax import _checks, _protocol
+from softadapt_jax._structure import LossSpec, LossStructure
 
 # Published default sets (see docs/family.md).
 RELOBRALO_CONVENTIONS = types.MappingProxyType({
@@ -40,7 +41,7 @@ class ReLoBRaLoState(NamedTuple):
     previous_losses: ``[K]`` the last recorded losses ``L(t-1)``.
     weights: ``[K]`` the weights last returned, ``lambda(t-1)``.
     key: ``uint32[2]`` raw PRNG key data for the lookback draws.
-    num_skipped: int32 scalar, loss vectors skipped (non-finite or ``<= 0``).
+    num_skipped: int32 scalar, non-finite loss vectors skipped.
   """
 
   count: jax.Array
@@ -52,7 +53,7 @@ class ReLoBRaLoState(NamedTuple):
 
 
 def relobralo(
-    num_losses: int,
+    num_losses: LossSpec,
     *,
     alpha: ArrayLike = 0.999,
     temperature: ArrayLike = 0.1,
@@ -75,16 +76,19 @@ def relobralo(
   (``lambda = b(1; 0)``); the full rule from the third. The weights sum to
   ``K`` (or to 1 with ``scale_by_num_losses=False``, every term scaled by
   ``1/K``). ``rho`` is drawn from a key kept in the state, so runs are
-  reproducible and ``vmap`` over keys gives independent runs. Loss vectors
-  with a non-finite or non-positive entry are skipped (the key does not
-  advance). ``RELOBRALO_CONVENTIONS`` holds the published default sets.
+  reproducible and ``vmap`` over keys gives independent runs. Non-finite loss
+  vectors are skipped (the key does not advance); losses of exactly 0 are
+  fine (the author's ``1e-12`` guards the ratios).
+  ``RELOBRALO_CONVENTIONS`` holds the published default sets. Traced
+  ``alpha`` and ``expected_rho`` are clipped to [0, 1] and a traced
+  temperature is clamped at the smallest normal float.
 
   Args:
-    num_losses: ``K`` (static).
-    alpha: weight of the history term (traced).
-    temperature: ``T`` (traced).
-    expected_rho: ``E[rho]``, the probability of keeping ``lambda(t-1)``
-      rather than looking back to ``t = 0`` (traced).
+    num_losses: ``K``, or the names of the losses, or a ``PyTreeDef``.
+    alpha: weight of the history term, in [0, 1] (traced).
+    temperature: ``T > 0`` (traced).
+    expected_rho: ``E[rho]`` in [0, 1], the probability of keeping
+      ``lambda(t-1)`` rather than looking back to ``t = 0`` (traced).
     scale_by_num_losses: weights sum to ``K`` (default, as the paper) or 1.
     seed: seed of the default key (``init(key=...)`` overrides it).
     axis_name: mapped data axis to average the losses over, or ``None``.
@@ -108,60 +112,60 @@ def relobralo(
     Bischof, Kraus, *Multi-Objective Loss Balancing for Physics-Informed Deep
     Learning*, arXiv:2110.09813; code ``rbischof/relative_balancing``.
   """
-  num_losses = _protocol.check_num_losses(num_losses)
+  k = LossStructure(num_losses).num_losses
   seed = _checks.check_int("seed", seed, minimum=0)
-  for name, value in (
-      ("alpha", alpha),
-      ("temperature", temperature),
-      ("expected_rho", expected_rho),
-  ):
-    _checks.check_scalar(name, value)
-  total = _protocol.total_weight(num_losses, scale_by_num_losses)
+  _checks.check_float("alpha", alpha, minimum=0.0, maximum=1.0)
+  _checks.check_float("temperature", temperature, positive=True)
+  _checks.check_float("expected_rho", expected_rho, minimum=0.0, maximum=1.0)
+  total = _protocol.total_weight(k, scale_by_num_losses)
 
-  def init_fn(*, key: ArrayLike | None = None, dtype=None) -> ReLoBRaLoState:
-    dtype = _protocol.state_dtype(dtype)
+  def init_fn(dtype: jnp.dtype, key: ArrayLike | None) -> ReLoBRaLoState:
     return ReLoBRaLoState(
         count=jnp.zeros((), jnp.int32),
-        initial_losses=jnp.ones((num_losses,), dtype),
-        previous_losses=jnp.ones((num_losses,), dtype),
-        weights=_protocol.uniform_weights(num_losses, total, dtype),
+        initial_losses=jnp.ones((k,), dtype),
+        previous_losses=jnp.ones((k,), dtype),
+        weights=_protocol.uniform_weights(k, total, dtype),
         key=_protocol.key_data(key, seed),
         num_skipped=jnp.zeros((), jnp.int32),
     )
 
-  def update_fn(
-      state: ReLoBRaLoState, losses: ArrayLike
-  ) -> tuple[jax.Array, ReLoBRaLoState]:
-    _protocol.check_state(state, ReLoBRaLoState, num_losses)
+  def update_fn(state: ReLoBRaLoState, losses: jax.Array) -> ReLoBRaLoState:
     dtype = state.weights.dtype
-    losses = _protocol.prepare_losses(losses, num_losses, dtype, axis_name)
-    recorded = _protocol.is_recordable(losses, positive=True)
-    t = jnp.asarray(temperature, dtype)
+    t = jnp.maximum(jnp.asarray(temperature, dtype), jnp.finfo(dtype).tiny)
 
     def balance(reference: jax.Array) -> jax.Array:
-      z = losses / (t * reference + _RATIO_EPS)
-      return _protocol.scaled_softmax(z, total).astype(dtype)
+      z = _protocol.safe_ratio(losses, t * reference + _RATIO_EPS)
+      return _protocol.scaled_softmax(z, 1.0, total)
 
     next_key, sub = _protocol.split_key(state.key)
-    draw = jax.random.bernoulli(sub, jnp.asarray(expected_rho, dtype))
-    first, second = state.count == 0, state.count == 1
-    a = jnp.where(first, 1.0, jnp.where(second, 0.0, alpha)).astype(dtype)
-    rho = jnp.where(first | second, 1.0, draw).astype(dtype)
+    p = jnp.clip(jnp.asarray(expected_rho, dtype), 0.0, 1.0)
+    draw = jax.random.bernoulli(sub, p)
+    first, second = state.count == 1, state.count == 2
+    a_full = jnp.clip(jnp.asarray(alpha, dtype), 0.0, 1.0)
+    a = jnp.where(first, 1.0, jnp.where(second, 0.0, a_full)).astype(dtype)
+    rho = jnp.where(first | second, 1.0, draw.astype(dtype)).astype(dtype)
     lam = (
         rho * a * state.weights
         + (1 - rho) * a * balance(state.initial_losses)
         + (1 - a) * balance(state.previous_losses)
     )
-    weights = jnp.where(recorded, lam, state.weights)
-    return weights, ReLoBRaLoState(
-        count=_protocol.saturating_increment(state.count, recorded),
-        initial_losses=jnp.where(
-            recorded & first, losses, state.initial_losses
-        ),
-        previous_losses=jnp.where(recorded, losses, state.previous_losses),
-        weights=weights,
-        key=jnp.where(recorded, next_key, state.key),
-        num_skipped=_protocol.saturating_increment(state.num_skipped, ~recorded),
+    return state._replace(
+        initial_losses=jnp.where(first, losses, state.initial_losses),
+        previous_losses=losses,
+        weights=lam,
+        key=next_key,
     )
 
-  return _protocol.LossWeighting(init_fn, update_fn, num_losses, axis_name)
+  def diagnostics_fn(state: ReLoBRaLoState) -> dict[str, jax.Array]:
+    return {
+        "initial_loss": state.initial_losses,
+        "previous_loss": state.previous_losses,
+    }
+
+  return _protocol.LossWeighting(
+      init_fn,
+      update_fn,
+      num_losses,
+      axis_name=axis_name,
+      diagnostics_fn=diagnostics_fn,
+  )

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from softadapt_jax import _checks
+from softadapt_jax import _checks, _protocol
 from softadapt_jax._slopes import slopes as _slopes
 
 # Below this relative size of |sum s| against sum |s|, the signed
@@ -36,7 +36,8 @@ def softmax_weights(
   Args:
     z: ``[K]`` the vector the softmax acts on.
     beta: scalar temperature (traceable).
-    log_numerator: optional ``[K]`` ``log w`` (``-inf`` for a zero weight);
+    log_numerator: optional ``[K]`` ``log w`` (``-inf``, or any value below
+      ``-finfo.max / 4``, for a zero weight);
       ``None`` means ``w = 1``.
     epsilon: added to the denominator, as the reference does.
 
@@ -54,13 +55,19 @@ def softmax_weights(
     Heydari, Thompson, Mehmood, *SoftAdapt*, arXiv:1912.12355, eq. (4)-(6).
   """
   dtype = z.dtype
-  u = jnp.asarray(beta, dtype) * z
-  # Saturate overflowed exponents so that u - max(u) is never inf - inf.
-  finfo = jnp.finfo(dtype)
-  u = jnp.nan_to_num(u, nan=0.0, posinf=finfo.max, neginf=finfo.min)
-  if log_numerator is not None:
-    u = u + log_numerator
-  e = jnp.exp(u - jnp.max(u))
+  beta = jnp.asarray(beta, dtype)
+  # |beta * z| and |log w| stay within a quarter of the range, so no sum or
+  # difference below overflows: no internal inf, whatever beta and z.
+  big = jnp.finfo(dtype).max / 4
+  limit = big / jnp.maximum(jnp.abs(beta), 1)
+  u = beta * jnp.clip(_protocol.bounded(z), -limit, limit)
+  if log_numerator is None:
+    e = jnp.exp(u - jnp.max(u))
+  else:
+    # Zero weights (log w <= -big) are exactly 0, whatever beta * z.
+    live = log_numerator > -big
+    u = jnp.where(live, u + jnp.clip(log_numerator, -big, big), -big)
+    e = jnp.where(live, jnp.exp(u - jnp.max(u)), 0.0)
   return e / (jnp.sum(e) + jnp.asarray(epsilon, dtype))
 
 
@@ -150,8 +157,8 @@ def weights_from_history(
   _checks.check_history(history)
   _checks.check_choice("variant", variant, _checks.VARIANTS)
   _checks.check_choice("normalization", normalization, _checks.NORMALIZATIONS)
-  _checks.check_scalar("beta", beta)
-  _checks.check_scalar("epsilon", epsilon)
+  _checks.check_float("beta", beta)
+  _checks.check_float("epsilon", epsilon, minimum=0.0)
   # Low-precision histories are weighted in float32 (the exponents need it).
   dtype = jnp.promote_types(history.dtype, jnp.float32)
   history = history.astype(dtype)
@@ -196,8 +203,9 @@ def _loss_weighted_weights(
   mean_loss = jnp.sum(history / n, axis=0)
   positive = mean_loss > 0
   any_positive = jnp.any(positive)
+  zero_weight = -jnp.finfo(history.dtype).max  # log 0, without an inf
   log_w = jnp.where(
-      positive, jnp.log(jnp.where(positive, mean_loss, 1.0)), -jnp.inf
+      positive, jnp.log(jnp.where(positive, mean_loss, 1.0)), zero_weight
   )
   # If no mean is positive, fall back to w = 1 (the original variant).
   log_w = jnp.where(any_positive, log_w, 0.0)

@@ -1,14 +1,17 @@
-"""The training-time state machine: a rolling loss history and held weights."""
+"""SoftAdapt: the state machine over a rolling loss history (SPEC sections 5-6)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from softadapt_jax import _checks, _protocol
+from softadapt_jax._slopes import slopes
+from softadapt_jax._structure import LossSpec, LossStructure
 from softadapt_jax._weights import weights_from_history
 
 
@@ -47,8 +50,10 @@ def init_state(
     num_losses: ``K``, the number of loss components (static int >= 1).
     order: accuracy order of the slopes (static int >= 1).
     dtype: dtype of the history and weights; promoted to at least float32.
-    initial_weights: ``[K]`` weights used during warm-up; default uniform
-      ``1 / K`` (the convention of every later set of weights).
+    initial_weights: ``[K]`` weights used during warm-up, finite, ``>= 0``
+      and summing to 1; default uniform ``1 / K`` (the convention of every
+      later set of weights). With ``scale_by_num_losses=True``,
+      :func:`softadapt_weights` scales them to sum to ``K``.
 
   Returns:
     The initial state.
@@ -60,21 +65,13 @@ def init_state(
     ((3, 3), [0.3333333432674408, 0.3333333432674408, 0.3333333432674408])
   """
   num_losses = _checks.check_int("num_losses", num_losses, minimum=1)
-  order = _checks.check_int("order", order, minimum=1)
-  if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-    raise TypeError(
-        f"`dtype` must be a floating dtype (e.g. jnp.float32), got {dtype}."
-    )
-  dtype = jnp.promote_types(jnp.dtype(dtype), jnp.float32)
+  order = _checks.check_order(order)
+  dtype = _protocol.state_dtype(dtype)
+  _protocol.check_initial_weights(initial_weights, num_losses, 1.0)
   if initial_weights is None:
     weights = jnp.full((num_losses,), 1.0 / num_losses, dtype)
   else:
     weights = jnp.asarray(initial_weights, dtype)
-    if weights.shape != (num_losses,):
-      raise ValueError(
-          f"`initial_weights` must have shape ({num_losses},) to match "
-          f"`num_losses`={num_losses}, got shape {weights.shape}."
-      )
   return SoftAdaptState(
       count=jnp.zeros((), jnp.int32),
       history=jnp.zeros((order + 1, num_losses), dtype),
@@ -85,7 +82,7 @@ def init_state(
 
 def softadapt_weights(
     state: SoftAdaptState,
-    losses: ArrayLike,
+    losses: Any,
     *,
     beta: ArrayLike = 0.1,
     variant: str = "original",
@@ -96,29 +93,32 @@ def softadapt_weights(
     stencil: str = "forward",
     scale_by_num_losses: bool = False,
     log_losses: bool = False,
-) -> tuple[jax.Array, SoftAdaptState]:
+) -> tuple[Any, SoftAdaptState]:
   """Records a loss vector and returns the SoftAdapt weights for this step.
 
   Each call with losses ``L_t`` of shape ``[K]``:
 
   1. if ``axis_name`` is given, ``L_t`` is first averaged over that mapped
      axis (``lax.pmean``) so every replica holds the same state;
-  2. if ``L_t`` is all finite (and, with ``log_losses``, all positive) it is
-     pushed into the history, else it is skipped (``num_skipped`` counts it;
-     the history is never poisoned);
+  2. if ``L_t`` is all finite it is pushed into the history, else it is
+     skipped (``num_skipped`` counts it; the history is never poisoned);
   3. during warm-up (fewer than ``order + 1`` vectors recorded) the initial
-     weights are returned;
+     weights are returned, scaled to sum to 1 (or ``K`` with
+     ``scale_by_num_losses``);
   4. afterwards the weights are recomputed from the history
      (:func:`weights_from_history`) every ``update_every`` recorded vectors and
      held in between.
 
   All branching is ``jnp.where``: one compiled program whatever the step, and
-  ``beta`` is traced, so changing it does not recompile.
+  ``beta`` is traced, so changing it does not recompile. This is
+  ``softadapt(K, order=..., **settings).update(state, losses)``: the same code
+  as the rule, warm-up included. The weights carry no gradient.
 
   Args:
     state: the current :class:`SoftAdaptState` (its history's row count fixes
       the order).
-    losses: ``[K]`` the loss components of this step (any float dtype).
+    losses: ``[K]`` the loss components of this step (any float dtype), or a
+      mapping / pytree of scalar losses (the weights then come back in it).
     beta: temperature (traced scalar).
     variant: ``"original"``, ``"normalized"`` or ``"loss_weighted"``.
     update_every: recompute the weights every this many recorded steps
@@ -129,12 +129,11 @@ def softadapt_weights(
     normalization: ``"signed"`` or ``"l1"``, see :func:`weights_from_history`.
     stencil: ``"forward"`` or ``"backward"``, see :func:`slopes`.
     scale_by_num_losses: weights sum to ``K`` instead of 1.
-    log_losses: take the slopes of ``log L`` (see :func:`weights_from_history`);
-      loss vectors with an entry ``<= 0`` are skipped.
+    log_losses: take the slopes of ``log L`` (see :func:`weights_from_history`).
 
   Returns:
-    ``(weights, new_state)``: ``[K]`` weights in the state's dtype, and the
-    advanced state.
+    ``(weights, new_state)``: ``[K]`` weights in the state's dtype (in the
+    structure of ``losses``), and the advanced state.
 
   Raises:
     ValueError: if ``losses`` is not of shape ``[K]`` or a static argument is
@@ -155,38 +154,24 @@ def softadapt_weights(
     Heydari, Thompson, Mehmood, *SoftAdapt*, arXiv:1912.12355, algorithm 1.
   """
   _check_state(state)
-  update_every = _checks.check_int("update_every", update_every, minimum=1)
   num_rows, num_losses = state.history.shape
-  losses = _protocol.prepare_losses(
-      losses, num_losses, state.history.dtype, axis_name
-  )
-  recorded = _protocol.is_recordable(losses, positive=log_losses)
-  pushed = jnp.concatenate([state.history[1:], losses[None]], axis=0)
-  history = jnp.where(recorded, pushed, state.history)
-  count = _protocol.saturating_increment(state.count, recorded)
-  num_skipped = _protocol.saturating_increment(state.num_skipped, ~recorded)
-
-  candidate = weights_from_history(
-      history,
+  if not hasattr(losses, "shape") or isinstance(losses, Mapping):
+    # Named losses: the weights come back in the same structure.
+    num_losses = jax.tree.structure(losses)
+  rule = softadapt(
+      num_losses,
       beta=beta,
       variant=variant,
-      order=None,
+      order=num_rows - 1,
+      update_every=update_every,
       epsilon=epsilon,
       normalization=normalization,
       stencil=stencil,
       scale_by_num_losses=scale_by_num_losses,
       log_losses=log_losses,
+      axis_name=axis_name,
   )
-  # Recompute on the warm-up's last step and every `update_every` recorded
-  # steps after it, only on a step that recorded something.
-  steps_since_warm = count - num_rows
-  recompute = (
-      recorded & (steps_since_warm >= 0) & (steps_since_warm % update_every == 0)
-  )
-  weights = jnp.where(recompute, candidate, state.weights)
-  return weights, SoftAdaptState(
-      count=count, history=history, weights=weights, num_skipped=num_skipped
-  )
+  return rule.update(state, losses)
 
 
 def _check_state(state: SoftAdaptState) -> None:
@@ -204,7 +189,7 @@ def _check_state(state: SoftAdaptState) -> None:
 
 
 def softadapt(
-    num_losses: int,
+    num_losses: LossSpec,
     *,
     beta: ArrayLike = 0.1,
     variant: str = "original",
@@ -218,37 +203,46 @@ def softadapt(
     initial_weights: ArrayLike | None = None,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> _protocol.LossWeighting:
-  r"""SoftAdapt as a :class:`LossWeighting` rule (SPEC sections 2-6).
+  r"""SoftAdapt (Heydari, Thompson, Mehmood, 2019) as a rule.
 
   .. math::
-    \alpha = \mathrm{softmax}(\beta z + \log w), \quad z = s \text{ or }
-    s / \textstyle\sum_l s_l, \quad s = \text{slope of the last
+    \alpha = S \cdot \mathrm{softmax}(\beta z + \log w), \quad z = s
+    \text{ or } s / \textstyle\sum_l s_l, \quad s = \text{slope of the last
     } p + 1 \text{ loss vectors}
 
-  ``init`` is :func:`init_state` and ``update`` is :func:`softadapt_weights`
-  with these settings. With ``log_losses=True`` the slopes are those of
-  ``log L`` (the relative rate of change): the log-slope member of the family,
-  whose ``beta`` does not depend on the scale of the losses.
+  (SPEC sections 2-6). The state keeps the newest ``order + 1`` recorded loss
+  vectors; until it holds that many, the initial weights are returned (scaled
+  to sum to ``S``); then the weights are recomputed every ``update_every``
+  recorded vectors and held in between. With ``log_losses=True`` the slopes
+  are those of ``log L`` (the relative rate of change): the log-slope member
+  of the family, whose ``beta`` does not depend on the scale of the losses; a
+  loss of exactly 0 is read as the smallest normal float there.
+
+  Traced settings are not checked: a traced ``beta`` may be any finite value,
+  a traced ``epsilon`` should be ``>= 0``.
 
   Args:
-    num_losses: ``K`` (static).
-    beta: temperature (traced).
+    num_losses: ``K``, or the names of the losses, or a ``PyTreeDef`` (see
+      :class:`LossWeighting`).
+    beta: temperature, finite (traced: ``jit``, ``vmap`` and
+      ``inject_hyperparams`` over it do not recompile).
     variant: ``"original"``, ``"normalized"`` or ``"loss_weighted"``.
-    order: accuracy order ``p`` of the slopes; the state keeps ``p + 1`` loss
-      vectors.
+    order: accuracy order ``p`` of the slopes, ``1 <= p <= 10``; the state
+      keeps ``p + 1`` loss vectors.
     update_every: recompute the weights every this many recorded vectors.
-    epsilon: softmax denominator offset.
+    epsilon: softmax denominator offset, ``>= 0``.
     normalization: ``"signed"`` (reference) or ``"l1"``, for ``normalized``.
     stencil: ``"forward"`` (reference) or ``"backward"``.
-    scale_by_num_losses: weights sum to ``K`` instead of 1 (initial weights
-      then default to 1 each).
-    log_losses: slopes of ``log L``; non-positive loss vectors are skipped.
-    initial_weights: ``[K]`` warm-up weights (default ``1/K``, or 1 with
-      ``scale_by_num_losses``).
+    scale_by_num_losses: the weights sum to ``S = K`` instead of 1.
+    log_losses: slopes of ``log L``.
+    initial_weights: ``[K]`` warm-up weights, finite, ``>= 0`` and summing to
+      ``S`` (default ``S / K`` each).
     axis_name: mapped data axis to average the losses over, or ``None``.
 
   Returns:
-    A :class:`LossWeighting` whose state is a :class:`SoftAdaptState`.
+    A :class:`LossWeighting` whose state is a :class:`SoftAdaptState`;
+    ``init`` equals :func:`init_state` and ``update`` equals
+    :func:`softadapt_weights` with these settings.
 
   Example:
     >>> import jax.numpy as jnp
@@ -261,42 +255,87 @@ def softadapt(
     [0.3333, 0.6667]
 
   References:
-    Heydari, Thompson, Mehmood, *SoftAdapt*, arXiv:1912.12355.
+    Heydari, Thompson, Mehmood, *SoftAdapt: Techniques for Adaptive Loss
+    Weighting of Neural Networks with Multi-Part Loss Functions*,
+    arXiv:1912.12355.
   """
-  num_losses = _protocol.check_num_losses(num_losses)
-  order = _checks.check_int("order", order, minimum=1)
+  structure = LossStructure(num_losses)
+  k = structure.num_losses
+  order = _checks.check_order(order)
   update_every = _checks.check_int("update_every", update_every, minimum=1)
   _checks.check_choice("variant", variant, _checks.VARIANTS)
   _checks.check_choice("normalization", normalization, _checks.NORMALIZATIONS)
   _checks.check_choice("stencil", stencil, _checks.STENCILS)
-  _checks.check_scalar("beta", beta)
-  if initial_weights is None and scale_by_num_losses:
-    initial_weights = jnp.ones((num_losses,))
+  _checks.check_float("beta", beta)
+  _checks.check_float("epsilon", epsilon, minimum=0.0)
+  total = _protocol.total_weight(k, scale_by_num_losses)
+  _protocol.check_initial_weights(initial_weights, k, total)
+  num_rows = order + 1
 
-  def init_fn(*, key: ArrayLike | None = None, dtype=None) -> SoftAdaptState:
+  def init_fn(dtype: jnp.dtype, key: ArrayLike | None) -> SoftAdaptState:
     del key  # deterministic
-    return init_state(
-        num_losses,
-        order=order,
-        dtype=_protocol.state_dtype(dtype),
-        initial_weights=initial_weights,
+    weights = (
+        _protocol.uniform_weights(k, total, dtype)
+        if initial_weights is None
+        else jnp.asarray(initial_weights, dtype)
+    )
+    return SoftAdaptState(
+        count=jnp.zeros((), jnp.int32),
+        history=jnp.zeros((num_rows, k), dtype),
+        weights=weights,
+        num_skipped=jnp.zeros((), jnp.int32),
     )
 
-  def update_fn(
-      state: SoftAdaptState, losses: ArrayLike
-  ) -> tuple[jax.Array, SoftAdaptState]:
-    return softadapt_weights(
-        state,
-        losses,
+  def update_fn(state: SoftAdaptState, losses: jax.Array) -> SoftAdaptState:
+    if state.history.shape[0] != num_rows:
+      raise ValueError(
+          f"`state.history` has {state.history.shape[0]} rows, but this rule "
+          f"has order={order} and keeps {num_rows}: build the state and the "
+          "rule with the same order."
+      )
+    history = jnp.concatenate([state.history[1:], losses[None]], axis=0)
+    candidate = weights_from_history(
+        history,
         beta=beta,
         variant=variant,
-        update_every=update_every,
+        order=None,
         epsilon=epsilon,
-        axis_name=axis_name,
         normalization=normalization,
         stencil=stencil,
         scale_by_num_losses=scale_by_num_losses,
         log_losses=log_losses,
     )
+    # Recompute on the warm-up's last step and every `update_every` recorded
+    # steps after it; during warm-up, the initial weights in this total.
+    since_warm = state.count - num_rows
+    recompute = (since_warm >= 0) & (since_warm % update_every == 0)
+    held = jnp.where(
+        since_warm < 0, _scaled(state.weights, total), state.weights
+    )
+    weights = jnp.where(recompute, candidate.astype(held.dtype), held)
+    return state._replace(history=history, weights=weights)
 
-  return _protocol.LossWeighting(init_fn, update_fn, num_losses, axis_name)
+  def diagnostics_fn(state: SoftAdaptState) -> dict[str, jax.Array]:
+    history = state.history
+    if log_losses:
+      history = jnp.log(jnp.maximum(history, jnp.finfo(history.dtype).tiny))
+    full = state.count >= num_rows
+    return {
+        "loss": state.history[-1],
+        "slope": jnp.where(full, slopes(history, stencil=stencil), 0.0),
+    }
+
+  return _protocol.LossWeighting(
+      init_fn,
+      update_fn,
+      num_losses,
+      axis_name=axis_name,
+      diagnostics_fn=diagnostics_fn,
+  )
+
+
+def _scaled(weights: jax.Array, total: float) -> jax.Array:
+  """``weights`` scaled to sum to ``total`` (uniform if they sum to 0)."""
+  s = jnp.sum(weights)
+  uniform = jnp.full_like(weights, total / weights.shape[0])
+  return jnp.where(s > 0, weights * (total / jnp.where(s > 0, s, 1.0)), uniform)
