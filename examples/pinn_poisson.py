@@ -1,26 +1,28 @@
 """SoftAdapt on a 1D Poisson PINN, against equal weights.
 
 Solves ``-u''(x) = f(x)`` on ``[0, 1]`` with Dirichlet boundary conditions and
-the exact solution ``u(x) = sin(6 pi x) + 1 + 2 x``. The loss has two
-components, ``[residual, boundary]``: the mean squared PDE residual starts near
-``6e4`` (``f`` has amplitude ``(6 pi)^2``), the boundary error near ``5``. The
-linear part ``1 + 2 x`` lies in the kernel of ``d^2/dx^2``: only the boundary
-term can fix it, and with equal weights its gradient is drowned by the
-residual's.
+the exact solution ``u(x) = sin(6 pi x) + 1 + 2 x``. The loss has two named
+components, ``{"residual": ..., "boundary": ...}``: the mean squared PDE
+residual starts near ``6e4`` (``f`` has amplitude ``(6 pi)^2``), the boundary
+error near ``5``. The linear part ``1 + 2 x`` lies in the kernel of
+``d^2/dx^2``: only the boundary term can fix it, and with equal weights its
+gradient is drowned by the residual's.
 
-Two runs share the initial parameters, the collocation points and the
-optimizer (``optax.adam`` with a cosine decay of the step size):
+Two runs share the initial parameters, the collocation points, the
+optimizer (``optax.adam`` with a cosine decay of the step size) and the code:
+each is a rule, trained by the one-backward-pass route::
 
-- SoftAdapt, by the one-backward-pass route::
-
-    tx = optax.chain(sa.softadapt_track(K, order=1, **settings),
-                     optax.adam(lr))
-    grad_fn = sa.softadapt_value_and_grad(loss_components, **settings)
-    out = grad_fn(opt_state, params, batch)
+    rule = sa.softadapt(["residual", "boundary"], beta=0.3, order=1)
+    tx = optax.chain(sa.track_weights(rule), optax.adam(lr))
+    grad_fn = sa.weighted_value_and_grad(loss_components, rule)
+    out = grad_fn(opt_state, params, batch)      # out.losses: a dict
     updates, opt_state = tx.update(out.grad, opt_state, params,
-                                   losses=out.losses)
+                                   weighting_state=out.state)
+    log = sa.diagnostics(opt_state, rule, flat=True)  # {"weight/residual": ...}
 
-- equal weights: the gradient of the mean of the components.
+- SoftAdapt: ``sa.softadapt(COMPONENTS, ...)``;
+- equal weights: ``sa.equal_weights(COMPONENTS, scale_by_num_losses=False)``,
+  the gradient of the mean of the components (weights ``1/2`` each).
 
 Each training loop is one ``jax.jit``-compiled ``lax.scan`` per chunk of steps
 that returns the per-step losses and weights as arrays; between chunks the
@@ -139,14 +141,16 @@ def mlp(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
   return (h @ params[-1]["w"] + params[-1]["b"])[0]
 
 
-def loss_components(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-  """``[residual, boundary]``: mean squared PDE residual and boundary error."""
+def loss_components(
+    params: Any, batch: dict[str, jax.Array]
+) -> dict[str, jax.Array]:
+  """``{"residual", "boundary"}``: mean squared PDE residual and boundary error."""
   u = functools.partial(mlp, params)
   u_xx = jax.vmap(jax.grad(jax.grad(u)))(batch["x_interior"])
   residual = jnp.mean((u_xx + batch["f_interior"]) ** 2)
   u_b = jax.vmap(u)(batch["x_boundary"])
   boundary = jnp.mean((u_b - batch["g_boundary"]) ** 2)
-  return jnp.stack([residual, boundary])
+  return {"residual": residual, "boundary": boundary}
 
 
 def predict(params: Any, x: jax.Array) -> jax.Array:
@@ -161,8 +165,8 @@ def relative_l2_error(params: Any, num_points: int = 1001) -> jax.Array:
 
 
 @jax.jit
-def evaluate(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
-  """``(loss components, relative L2 error)``, compiled once per shape."""
+def evaluate(params: Any, batch: dict[str, jax.Array]) -> tuple[Any, jax.Array]:
+  """``(named loss components, relative L2 error)``, compiled once per shape."""
   return loss_components(params, batch), relative_l2_error(params)
 
 
@@ -170,41 +174,30 @@ def evaluate(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
 # Training: one compiled scan per chunk of steps.
 # ---------------------------------------------------------------------------
 
-Step = Callable[[Any, None], tuple[Any, tuple[jax.Array, jax.Array]]]
+Step = Callable[[Any, None], tuple[Any, tuple[Any, dict[str, jax.Array]]]]
 
 
-def softadapt_step(
+def weighted_step(
+    rule: sa.LossWeighting,
     tx: optax.GradientTransformationExtraArgs,
-    grad_fn: Callable[..., sa.SoftAdaptGrad],
     batch: dict[str, jax.Array],
 ) -> Step:
-  """One SoftAdapt step; the SoftAdapt state lives in ``opt_state``."""
+  """One step of any rule; its state lives in ``opt_state``.
+
+  Returns the named losses of the step and ``sa.diagnostics(..., flat=True)``
+  (``{"weight/residual": ..., "weight/boundary": ..., "count": ...}``): the
+  weights the step applied, ready for any metric writer.
+  """
+  grad_fn = sa.weighted_value_and_grad(loss_components, rule)
 
   def step(carry, _):
     params, opt_state = carry
     out = grad_fn(opt_state, params, batch)  # one forward + one backward pass
     updates, opt_state = tx.update(
-        out.grad, opt_state, params, losses=out.losses
+        out.grad, opt_state, params, weighting_state=out.state
     )
     params = optax.apply_updates(params, updates)
-    return (params, opt_state), (out.losses, out.weights)
-
-  return step
-
-
-def equal_weights_step(
-    tx: optax.GradientTransformation, batch: dict[str, jax.Array]
-) -> Step:
-  """One step on the gradient of the mean of the loss components."""
-  weights = jnp.full((len(COMPONENTS),), 1.0 / len(COMPONENTS))
-
-  def step(carry, _):
-    params, opt_state = carry
-    losses, vjp_fn = jax.vjp(lambda p: loss_components(p, batch), params)
-    (grad,) = vjp_fn(weights)  # = grad of mean(losses); one backward pass
-    updates, opt_state = tx.update(grad, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, opt_state), (losses, weights)
+    return (params, opt_state), (out.losses, sa.diagnostics(opt_state, rule, flat=True))
 
   return step
 
@@ -214,7 +207,8 @@ class Run(NamedTuple):
 
   Attributes:
     params: the final parameters.
-    losses: ``[steps, K]`` the loss components at each step, before its update.
+    losses: ``[steps, K]`` the loss components at each step, before its update
+      (columns in the order of ``COMPONENTS``).
     weights: ``[steps, K]`` the weights each step applied.
     checkpoints: ``[chunks]`` the step count at the end of each chunk.
     errors: ``[chunks]`` the relative L2 error at those steps.
@@ -251,9 +245,10 @@ def train(
   losses, weights, errors = [], [], []
   with tqdm.tqdm(total=num_steps, desc=desc, unit="step", leave=False) as bar:
     for length in lengths:
-      carry, (chunk_losses, chunk_weights) = run_chunk(carry, length)
-      losses.append(np.asarray(chunk_losses))  # waits for the chunk
-      weights.append(np.asarray(chunk_weights))
+      carry, (chunk_losses, log) = run_chunk(carry, length)
+      # Named losses and flat diagnostics, stacked by the scan: [length] each.
+      losses.append(np.stack([chunk_losses[n] for n in COMPONENTS], axis=1))
+      weights.append(np.stack([log[f"weight/{n}"] for n in COMPONENTS], axis=1))
       errors.append(float(evaluate(carry[0], batch)[1]))
       bar.update(length)
       bar.set_postfix_str(
@@ -321,7 +316,7 @@ def _summary(run: Run, batch: Any) -> dict[str, Any]:
   losses, error = evaluate(run.params, batch)
   return {
       "initial_losses": run.losses[0].tolist(),
-      "final_losses": np.asarray(losses).tolist(),
+      "final_losses": [float(losses[n]) for n in COMPONENTS],
       "rel_l2": float(error),
       "first_step_below_1e-2": first_step_below(run, 1e-2),
       "final_weights": run.weights[-1].tolist(),
@@ -342,8 +337,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     losses and weights, errors at the checkpoints).
   """
   args = parse_args(argv)
-  num_losses = len(COMPONENTS)
-  settings = {"beta": args.beta, "variant": args.variant}
   batch = make_batch()
   params0 = init_mlp(jax.random.key(args.seed), [1, *HIDDEN, 1])
   config = {
@@ -368,38 +361,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   else:
     lr = args.lr
 
+  rules = {
+      # (a) SoftAdapt: every setting given once, to the rule.
+      "softadapt": sa.softadapt(
+          COMPONENTS, beta=args.beta, variant=args.variant, order=args.order
+      ),
+      # (b) Equal weights: the mean of the components (1/2 each), same route.
+      "equal": sa.equal_weights(COMPONENTS, scale_by_num_losses=False),
+  }
   start = time.perf_counter()
-  # (a) SoftAdapt: the state lives in opt_state; one backward pass per step.
-  tx = optax.chain(
-      sa.softadapt_track(num_losses, order=args.order, **settings),
-      optax.adam(lr),
-  )
-  grad_fn = sa.softadapt_value_and_grad(loss_components, **settings)
-  run_sa = train(
-      softadapt_step(tx, grad_fn, batch),
-      (params0, tx.init(params0)),
-      batch,
-      args.steps,
-      args.chunk,
-      "SoftAdapt",
-  )
-  # (b) Equal weights: same initial parameters, same optimizer.
-  tx_eq = optax.adam(lr)
-  run_eq = train(
-      equal_weights_step(tx_eq, batch),
-      (params0, tx_eq.init(params0)),
-      batch,
-      args.steps,
-      args.chunk,
-      "equal",
-  )
+  runs = {}
+  for name, rule in rules.items():
+    # Same initial parameters, same optimizer; the rule's state in opt_state.
+    tx = optax.chain(sa.track_weights(rule), optax.adam(lr))
+    runs[name] = train(
+        weighted_step(rule, tx, batch),
+        (params0, tx.init(params0)),
+        batch,
+        args.steps,
+        args.chunk,
+        "SoftAdapt" if name == "softadapt" else name,
+    )
+  run_sa, run_eq = runs["softadapt"], runs["equal"]
   elapsed = time.perf_counter() - start
 
   metrics = {
       "config": config,
       "softadapt": _summary(run_sa, batch),
       "equal": _summary(run_eq, batch),
-      "runs": {"softadapt": run_sa, "equal": run_eq},
+      "runs": runs,
       "train_seconds": elapsed,
   }
   print(f"\nTrained both runs in {elapsed:.1f} s (compilation included).")
