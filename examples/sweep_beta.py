@@ -9,10 +9,12 @@ independent runs that XLA compiles once and runs as one batched program:
     grid = jax.jit(jax.vmap(over_seeds, in_axes=(0, None)))
     results = grid(betas, keys)                       # leaves [B, S, ...]
 
-``beta`` is a traced array in ``sa.softadapt_track`` and
-``sa.softadapt_value_and_grad``, so changing or batching it never recompiles.
-Every step's losses, weights and slopes leave the scan as stacked arrays (no
-host callback in the loop). For a progress bar the example runs the grid in
+``beta`` is a traced array: the rule is built inside the traced function,
+``sa.softadapt(K, beta=beta, ...)``, and handed to ``sa.track_weights`` and
+``sa.weighted_value_and_grad``, so changing or batching it never recompiles.
+Every step's losses, weights and slopes (``sa.diagnostics`` of the rule's
+state in ``opt_state``) leave the scan as stacked arrays (no host callback in
+the loop). For a progress bar the example runs the grid in
 chunks of steps, one compiled program per chunk (``--chunk``), and advances a
 tqdm bar between chunks; each run of the grid equals its own single run
 (``tests/test_sweeps.py`` checks that to float32 precision).
@@ -27,16 +29,16 @@ residual and only the boundary terms can fix it. With ``variant="original"``,
 the first row of the table is the equal-weights baseline.
 
 Final relative L2 error at the defaults (3000 steps of Adam 1e-3, seeds 0-7:
-40 runs, about 15 s on a 2-core CPU; geometric mean and worst over seeds)::
+40 runs, about 10 s on a 2-core CPU; geometric mean and worst over seeds)::
 
   beta    geo. mean   worst
   0       2.1e-02     3.9e-02     (equal weights)
   0.03    1.2e-02     1.5e-01
-  0.1     7.9e-03     9.0e-02
-  0.3     4.5e-04     6.8e-04
+  0.1     8.0e-03     9.1e-02
+  0.3     4.9e-04     2.1e-03
   1       9.1e-04     2.1e-03
 
-``beta = 0.3`` is 45 times more accurate than equal weights and the most
+``beta = 0.3`` is 40 times more accurate than equal weights and the most
 reliable. The exact numbers depend on rounding: batched kernels sum in
 another order than unbatched ones, and training amplifies that over
 thousands of steps, so a grid of another shape or a single run ends at
@@ -44,7 +46,7 @@ slightly different errors, with the same picture.
 
 Run::
 
-  python examples/sweep_beta.py                      # 40 runs, ~15 s on CPU
+  python examples/sweep_beta.py                      # 40 runs, ~10 s on CPU
   python examples/sweep_beta.py --betas 0,0.3 --seeds 8 --variant loss_weighted
 
 It prints the table of final errors per beta and seed and saves
@@ -92,8 +94,8 @@ class Trace(NamedTuple):
   Attributes:
     losses: the loss components each step saw (before its update).
     weights: the SoftAdapt weights each step applied.
-    slopes: the slopes of the loss history after each step (``NaN`` during
-      warm-up).
+    slopes: the slopes of the loss history after each step (0 during
+      warm-up), as ``sa.diagnostics`` logs them.
   """
 
   losses: jax.Array
@@ -168,21 +170,25 @@ def relative_l2_error(params: Any) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
-def make_optimizer(beta: jax.typing.ArrayLike, config: Config):
-  """``(tx, grad_fn)`` for a (possibly traced) ``beta``."""
-  settings = {"beta": beta, "variant": config.variant}
-  tx = optax.chain(
-      sa.softadapt_track(len(COMPONENTS), order=config.order, **settings),
-      optax.adam(config.lr),
+def make_rule(beta: jax.typing.ArrayLike, config: Config) -> sa.LossWeighting:
+  """The SoftAdapt rule for a (possibly traced) ``beta``: every setting once."""
+  return sa.softadapt(
+      len(COMPONENTS), beta=beta, variant=config.variant, order=config.order
   )
-  grad_fn = sa.softadapt_value_and_grad(loss_components, **settings)
-  return tx, grad_fn
+
+
+def make_optimizer(beta: jax.typing.ArrayLike, config: Config):
+  """``(rule, tx, grad_fn)`` for a (possibly traced) ``beta``."""
+  rule = make_rule(beta, config)
+  tx = optax.chain(sa.track_weights(rule), optax.adam(config.lr))
+  grad_fn = sa.weighted_value_and_grad(loss_components, rule)
+  return rule, tx, grad_fn
 
 
 def init_carry(key: jax.Array, config: Config) -> tuple[Any, Any]:
   """``(params, opt_state)`` at step 0; ``beta`` does not enter the state."""
   params = init_mlp(key, config.hidden)
-  tx, _ = make_optimizer(0.0, config)
+  _, tx, _ = make_optimizer(0.0, config)
   return params, tx.init(params)
 
 
@@ -190,16 +196,18 @@ def run_steps(
     carry: tuple[Any, Any], beta: jax.typing.ArrayLike, config: Config, length: int
 ) -> tuple[tuple[Any, Any], Trace]:
   """``length`` training steps as one ``lax.scan``; returns the per-step trace."""
-  tx, grad_fn = make_optimizer(beta, config)
+  rule, tx, grad_fn = make_optimizer(beta, config)
   batch = make_batch(config.num_interior)
 
   def step(carry, _):
     params, opt_state = carry
     out = grad_fn(opt_state, params, batch)  # one forward + one backward pass
-    updates, opt_state = tx.update(out.grad, opt_state, params, losses=out.losses)
+    updates, opt_state = tx.update(
+        out.grad, opt_state, params, weighting_state=out.state
+    )
     params = optax.apply_updates(params, updates)
-    log = sa.softadapt_diagnostics(opt_state)
-    return (params, opt_state), Trace(out.losses, out.weights, log.slopes)
+    log = sa.diagnostics(opt_state, rule)  # {"weight", "loss", "slope", ...}
+    return (params, opt_state), Trace(out.losses, log["weight"], log["slope"])
 
   return jax.lax.scan(step, carry, None, length=length)
 

@@ -39,7 +39,7 @@ def _single(beta: float, seed: int):
 def _assert_run_equal(batched, single):
   np.testing.assert_allclose(batched.trace.losses, single.trace.losses, **TOL)
   np.testing.assert_allclose(batched.trace.weights, single.trace.weights, **TOL)
-  # Slopes are NaN during warm-up in both; elsewhere they scale with the
+  # Slopes are 0 during warm-up in both; elsewhere they scale with the
   # losses (~1e3 here), so compare them relative to that scale.
   np.testing.assert_allclose(
       batched.trace.slopes, single.trace.slopes, rtol=TOL["rtol"],
