@@ -2,10 +2,11 @@
 
 ``nnx_train.py``, ``linen_train.py``, ``equinox_train.py`` and
 ``checkpoint_resume.py`` fit the same two targets of very different scale from
-``x`` in ``[-1, 1]^2``, with one loss component per target: the data, the
-minibatches, the common command-line options, the chunked training loop with
-its progress bar, and the printed summary live here; the model, the train step
-and everything framework-specific stay in each example. The examples run as
+``x`` in ``[-1, 1]^2``, with one named loss component per target
+(``{"smooth": ..., "scaled": ...}``): the data, the minibatches, the common
+command-line options, the chunked training loop with its progress bar, and the
+printed summary live here; the model, the rule, the train step and everything
+framework-specific stay in each example. The examples run as
 ``python examples/<name>.py`` and import this module as ``_toy_task``.
 """
 
@@ -24,8 +25,24 @@ import tqdm
 
 COMPONENTS = ("smooth", "scaled")
 
-# run_chunk(state, batches) -> (state, (losses [n, K], weights [n, K])).
+# run_chunk(state, batches) -> (state, (losses, log)): the named losses of each
+# step ({"smooth": [n], "scaled": [n]}) and the flat diagnostics of the rule
+# (sa.diagnostics(..., flat=True): {"weight/smooth": [n], ...}).
 RunChunk = Callable[[Any, dict[str, jax.Array]], tuple[Any, Any]]
+
+
+def named(per_output: jax.Array) -> dict[str, jax.Array]:
+  """The ``[K]`` per-output losses as named losses, ``{"smooth", "scaled"}``."""
+  return {name: per_output[k] for k, name in enumerate(COMPONENTS)}
+
+
+def columns(tree: Any, prefix: str = "") -> np.ndarray:
+  """``[..., K]`` from named entries ``tree[prefix + name]``, in COMPONENTS order.
+
+  ``columns(losses)`` stacks named losses; ``columns(log, "weight/")`` the
+  weights of flat diagnostics.
+  """
+  return np.stack([np.asarray(tree[prefix + n]) for n in COMPONENTS], axis=-1)
 
 
 def make_dataset(key: jax.Array, size: int) -> dict[str, jax.Array]:
@@ -100,14 +117,14 @@ def parse_args(
 def run_steps(step: Callable[[Any, Any], tuple[Any, Any]], state, batches):
   """``run_chunk`` for ``--loop jit``: one ``step(state, batch)`` call per step.
 
-  ``step`` returns ``(state, (losses, weights))``; the per-step outputs are
-  stacked to ``[n, K]``.
+  ``step`` returns ``(state, (losses, log))``; the per-step outputs are
+  stacked leaf by leaf, as ``lax.scan`` stacks them.
   """
   out = []
   for i in range(jax.tree.leaves(batches)[0].shape[0]):
     state, step_out = step(state, jax.tree.map(lambda a, i=i: a[i], batches))
     out.append(step_out)
-  return state, tuple(jnp.stack(o) for o in zip(*out, strict=True))
+  return state, jax.tree.map(lambda *xs: jnp.stack(xs), *out)
 
 
 def train(
@@ -133,9 +150,9 @@ def train(
       batches = sample_batches(
           data, batch_key, jnp.asarray(first), length, args.batch_size
       )
-      state, (chunk_losses, chunk_weights) = run_chunk(state, batches)
-      losses.append(np.asarray(chunk_losses))  # waits for the chunk
-      weights.append(np.asarray(chunk_weights))
+      state, (chunk_losses, log) = run_chunk(state, batches)
+      losses.append(columns(chunk_losses))  # waits for the chunk
+      weights.append(columns(log, "weight/"))
       bar.update(length)
       bar.set_postfix_str(
           " ".join(

@@ -2,22 +2,25 @@
 
 An ``eqx.nn.MLP`` fits two regression targets of very different scale from the
 same inputs; the loss components are the mean squared error of each output,
-``[smooth, scaled]``. The SoftAdapt state lives in ``opt_state``; the step is::
+named ``{"smooth": ..., "scaled": ...}``. The rule carries every setting; its
+state lives in ``opt_state``; the step is::
 
-  optim = optax.chain(sa.softadapt_track(K, **settings), optax.adam(lr))
+  rule = sa.softadapt(["smooth", "scaled"], beta=beta, variant=variant)
+  optim = optax.chain(sa.track_weights(rule), optax.adam(lr))
   opt_state = optim.init(eqx.filter(model, eqx.is_array))
-  grad_fn = sa.softadapt_value_and_grad(loss_fn, **settings)
+  grad_fn = sa.weighted_value_and_grad(loss_fn, rule)
 
   @eqx.filter_jit
   def train_step(model, opt_state, batch):
     params, static = eqx.partition(model, eqx.is_array)
     out = grad_fn(opt_state, params, static, batch)
     updates, opt_state = optim.update(out.grad, opt_state, params,
-                                      losses=out.losses)
-    return eqx.apply_updates(model, updates), opt_state, out.losses, out.weights
+                                      weighting_state=out.state)
+    log = sa.diagnostics(opt_state, rule, flat=True)  # {"weight/smooth": ...}
+    return eqx.apply_updates(model, updates), opt_state, out.losses, log
 
 ``loss_fn(params, static, batch)`` rebuilds the model with
-``eqx.combine(params, static)`` and returns the ``[K]`` loss vector; the
+``eqx.combine(params, static)`` and returns the named losses; the
 direction ``sum_k alpha_k grad f_k`` comes from one ``jax.vjp`` taken with
 respect to the array leaves only (the part ``eqx.filter_grad`` would
 differentiate).
@@ -43,7 +46,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import softadapt_jax as sa
@@ -56,26 +58,31 @@ import _toy_task as toy  # noqa: E402  (next to this file)
 COMPONENTS = toy.COMPONENTS
 
 
-def loss_components(model: eqx.Module, batch: dict[str, jax.Array]) -> jax.Array:
-  """``[K]``: the mean squared error of each output."""
+def loss_components(
+    model: eqx.Module, batch: dict[str, jax.Array]
+) -> dict[str, jax.Array]:
+  """The mean squared error of each output, named: ``{"smooth", "scaled"}``."""
   pred = jax.vmap(model)(batch["x"])
-  return jnp.mean((pred - batch["y"]) ** 2, axis=0)
+  return toy.named(jnp.mean((pred - batch["y"]) ** 2, axis=0))
 
 
 def loss_fn(params, static, batch):
-  """The function SoftAdapt differentiates, with respect to ``params``."""
+  """The function the rule weights, differentiated with respect to ``params``."""
   return loss_components(eqx.combine(params, static), batch)
 
 
-def make_train_step(optim, grad_fn):
+def make_train_step(rule: sa.LossWeighting, optim):
+  grad_fn = sa.weighted_value_and_grad(loss_fn, rule)
+
   def train_step(model, opt_state, batch):
     params, static = eqx.partition(model, eqx.is_array)
     out = grad_fn(opt_state, params, static, batch)
     updates, opt_state = optim.update(
-        out.grad, opt_state, params, losses=out.losses
+        out.grad, opt_state, params, weighting_state=out.state
     )
     model = eqx.apply_updates(model, updates)
-    return model, opt_state, out.losses, out.weights
+    log = sa.diagnostics(opt_state, rule, flat=True)
+    return model, opt_state, out.losses, log
 
   return train_step
 
@@ -89,10 +96,10 @@ def make_train_chunk(train_step):
 
     def body(carry, batch):
       params, opt_state = carry
-      model, opt_state, losses, weights = train_step(
+      model, opt_state, losses, log = train_step(
           eqx.combine(params, static), opt_state, batch
       )
-      return (eqx.filter(model, eqx.is_array), opt_state), (losses, weights)
+      return (eqx.filter(model, eqx.is_array), opt_state), (losses, log)
 
     (params, opt_state), history = jax.lax.scan(
         body, (params, opt_state), batches
@@ -111,12 +118,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   Returns:
     ``{"config", "losses", "weights", "initial_losses", "final_losses",
     "softadapt_count", "train_seconds", "model"}``: the per-step loss
-    components and weights (``[steps, K]`` arrays), the full-dataset losses
-    before and after training, the SoftAdapt state's count at the end, the
-    training time (compilation included) and the trained model.
+    components and weights (``[steps, K]`` arrays, columns in COMPONENTS
+    order), the full-dataset losses before and after training, the rule
+    state's count at the end, the training time (compilation included) and
+    the trained model.
   """
   args = toy.parse_args(__doc__.splitlines()[0], argv, batchnorm=False)
-  settings = {"beta": args.beta, "variant": args.variant}
   data_key, batch_key, model_key = jax.random.split(jax.random.key(args.seed), 3)
   data = toy.make_dataset(data_key, args.dataset_size)
 
@@ -128,12 +135,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       activation=jnp.tanh,
       key=model_key,
   )
-  optim = optax.chain(
-      sa.softadapt_track(len(COMPONENTS), **settings), optax.adam(args.lr)
-  )
+  rule = sa.softadapt(COMPONENTS, beta=args.beta, variant=args.variant)
+  optim = optax.chain(sa.track_weights(rule), optax.adam(args.lr))
   opt_state = optim.init(eqx.filter(model, eqx.is_array))
-  grad_fn = sa.softadapt_value_and_grad(loss_fn, **settings)
-  train_step = make_train_step(optim, grad_fn)
+  train_step = make_train_step(rule, optim)
   jit_step = eqx.filter_jit(train_step)
   train_chunk = make_train_chunk(train_step)
   evaluate = eqx.filter_jit(loss_components)
@@ -141,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   config = {
       "model": f"eqx.nn.MLP 2 -> {args.hidden} -> {args.hidden} -> 2 (tanh)",
       "losses": ", ".join(COMPONENTS) + " (mean squared error)",
-      "optimizer": f"chain(softadapt_track, adam({args.lr}))",
+      "optimizer": f"chain(track_weights(rule), adam({args.lr}))",
       "softadapt": f"variant={args.variant!r}, beta={args.beta}",
       "loop": f"{args.loop}, chunks of {args.chunk} steps",
       "steps": args.steps,
@@ -149,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   }
   toy.print_config(config)
 
-  initial = np.asarray(evaluate(model, data))
+  initial = toy.columns(evaluate(model, data))
   def run_chunk(state, batches):
     if args.loop == "scan":
       model, opt_state, history = train_chunk(*state, batches)
@@ -157,14 +162,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     def step(state, batch):
       model, opt_state, *step_out = jit_step(*state, batch)
-      return (model, opt_state), step_out
+      return (model, opt_state), tuple(step_out)
 
     return toy.run_steps(step, state, batches)
 
   (model, opt_state), losses, weights, elapsed = toy.train(
       run_chunk, (model, opt_state), data, batch_key, args, desc="Equinox"
   )
-  final = np.asarray(evaluate(model, data))
+  final = toy.columns(evaluate(model, data))
 
   toy.print_summary(elapsed, initial, final, weights)
   return {
@@ -173,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "weights": weights,
       "initial_losses": initial.tolist(),
       "final_losses": final.tolist(),
-      "softadapt_count": int(sa.find_softadapt_state(opt_state).count),
+      "softadapt_count": int(sa.find_weighting_state(opt_state, rule).count),
       "train_seconds": elapsed,
       "model": model,
   }

@@ -1,26 +1,28 @@
 """Flax Linen: SoftAdapt with a ``TrainState``, one backward pass per step.
 
 ``TrainState.apply_gradients(grads=...)`` calls ``tx.update`` without extra
-arguments, so the SoftAdapt transformation in the chain would never see the
-losses. ``sa.apply_gradients(state, grads, losses=...)`` does the same update
-with ``losses=`` forwarded (and replaces any further fields given as keywords,
-here ``batch_stats``)::
+arguments, so the ``track_weights`` transformation in the chain would never
+receive the rule's new state. ``sa.apply_gradients(state, out)``, with ``out``
+what ``sa.weighted_value_and_grad`` returned, does the same update with
+``weighting_state=out.state`` forwarded (and replaces any further fields given
+as keywords, here ``batch_stats``)::
 
-  tx = optax.chain(sa.softadapt_track(K, **settings), optax.adam(lr))
+  rule = sa.softadapt(["smooth", "scaled"], beta=beta, variant=variant)
+  tx = optax.chain(sa.track_weights(rule), optax.adam(lr))
   state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                             batch_stats=batch_stats)
-  grad_fn = sa.softadapt_value_and_grad(loss_fn, has_aux=True, **settings)
+  grad_fn = sa.weighted_value_and_grad(loss_fn, rule, has_aux=True)
 
   @jax.jit
   def train_step(state, batch):
     out = grad_fn(state.opt_state, state.params, state, batch)
-    state = sa.apply_gradients(state, out.grad, losses=out.losses,
-                               batch_stats=out.aux)
-    return state, (out.losses, out.weights)
+    state = sa.apply_gradients(state, out, batch_stats=out.aux)
+    return state, (out.losses, sa.diagnostics(state.opt_state, rule, flat=True))
 
 A small Linen MLP (optionally with ``nn.BatchNorm``) fits two regression
 targets of very different scale from the same inputs; the loss components are
-the mean squared error of each output, ``[smooth, scaled]``. Each chunk of
+the mean squared error of each output, named ``{"smooth": ..., "scaled":
+...}``. Each chunk of
 steps is one ``jax.jit``-compiled ``lax.scan`` over a stack of minibatches
 (``--loop scan``, default) or one jitted call per step (``--loop jit``); the
 progress bar advances once per chunk.
@@ -41,7 +43,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
 
@@ -77,34 +78,35 @@ class TrainState(train_state.TrainState):
 
 
 def loss_fn(params, state: TrainState, batch: dict[str, jax.Array]):
-  """``([K] mean squared errors, new batch_stats)``, in training mode."""
+  """``(named mean squared errors, new batch_stats)``, in training mode."""
   pred, updates = state.apply_fn(
       {"params": params, "batch_stats": state.batch_stats},
       batch["x"],
       train=True,
       mutable=["batch_stats"],
   )
-  losses = jnp.mean((pred - batch["y"]) ** 2, axis=0)
+  losses = toy.named(jnp.mean((pred - batch["y"]) ** 2, axis=0))
   return losses, updates.get("batch_stats", state.batch_stats)
 
 
-def evaluate(state: TrainState, data: dict[str, jax.Array]) -> jax.Array:
-  """``[K]`` losses on ``data`` in inference mode (running statistics)."""
+def evaluate(state: TrainState, data: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Named losses on ``data`` in inference mode (running statistics)."""
   pred = state.apply_fn(
       {"params": state.params, "batch_stats": state.batch_stats},
       data["x"],
       train=False,
   )
-  return jnp.mean((pred - data["y"]) ** 2, axis=0)
+  return toy.named(jnp.mean((pred - data["y"]) ** 2, axis=0))
 
 
-def make_train_step(grad_fn):
+def make_train_step(rule: sa.LossWeighting):
+  grad_fn = sa.weighted_value_and_grad(loss_fn, rule, has_aux=True)
+
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     out = grad_fn(state.opt_state, state.params, state, batch)
-    state = sa.apply_gradients(
-        state, out.grad, losses=out.losses, batch_stats=out.aux
-    )
-    return state, (out.losses, out.weights)
+    # tx.update(out.grad, ..., weighting_state=out.state), then batch_stats.
+    state = sa.apply_gradients(state, out, batch_stats=out.aux)
+    return state, (out.losses, sa.diagnostics(state.opt_state, rule, flat=True))
 
   return train_step
 
@@ -118,29 +120,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   Returns:
     ``{"config", "losses", "weights", "initial_losses", "final_losses",
     "step", "softadapt_count", "train_seconds", "state"}``: the per-step loss
-    components and weights (``[steps, K]`` arrays), the full-dataset losses
-    before and after training, the train state's step and the SoftAdapt
-    state's count at the end, the training time (compilation included) and
-    the final train state.
+    components and weights (``[steps, K]`` arrays, columns in COMPONENTS
+    order), the full-dataset losses before and after training, the train
+    state's step and the rule state's count at the end, the training time
+    (compilation included) and the final train state.
   """
   args = toy.parse_args(__doc__.splitlines()[0], argv, batchnorm=True)
-  settings = {"beta": args.beta, "variant": args.variant}
   data_key, batch_key, model_key = jax.random.split(jax.random.key(args.seed), 3)
   data = toy.make_dataset(data_key, args.dataset_size)
 
   model = MLP(args.hidden, batchnorm=args.batchnorm)
   variables = model.init(model_key, data["x"][:1], train=False)
-  tx = optax.chain(
-      sa.softadapt_track(len(COMPONENTS), **settings), optax.adam(args.lr)
-  )
+  rule = sa.softadapt(COMPONENTS, beta=args.beta, variant=args.variant)
+  tx = optax.chain(sa.track_weights(rule), optax.adam(args.lr))
   state = TrainState.create(
       apply_fn=model.apply,
       params=variables["params"],
       tx=tx,
       batch_stats=variables.get("batch_stats", {}),
   )
-  grad_fn = sa.softadapt_value_and_grad(loss_fn, has_aux=True, **settings)
-  train_step = make_train_step(grad_fn)
+  train_step = make_train_step(rule)
   jit_step = jax.jit(train_step)
   train_chunk = jax.jit(lambda s, b: jax.lax.scan(train_step, s, b))
 
@@ -148,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "model": f"linen MLP 2 -> {args.hidden} -> {args.hidden} -> 2 (tanh)"
       + (", BatchNorm" if args.batchnorm else ""),
       "losses": ", ".join(COMPONENTS) + " (mean squared error)",
-      "optimizer": f"TrainState, chain(softadapt_track, adam({args.lr}))",
+      "optimizer": f"TrainState, chain(track_weights(rule), adam({args.lr}))",
       "softadapt": f"variant={args.variant!r}, beta={args.beta}",
       "loop": f"{args.loop}, chunks of {args.chunk} steps",
       "steps": args.steps,
@@ -156,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   }
   toy.print_config(config)
 
-  initial = np.asarray(jax.jit(evaluate)(state, data))
+  initial = toy.columns(jax.jit(evaluate)(state, data))
   run_chunk = (
       train_chunk
       if args.loop == "scan"
@@ -165,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   state, losses, weights, elapsed = toy.train(
       run_chunk, state, data, batch_key, args, desc="Linen"
   )
-  final = np.asarray(jax.jit(evaluate)(state, data))
+  final = toy.columns(jax.jit(evaluate)(state, data))
 
   toy.print_summary(elapsed, initial, final, weights)
   return {
@@ -175,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "initial_losses": initial.tolist(),
       "final_losses": final.tolist(),
       "step": int(state.step),
-      "softadapt_count": int(sa.find_softadapt_state(state.opt_state).count),
+      "softadapt_count": int(sa.find_weighting_state(state.opt_state, rule).count),
       "train_seconds": elapsed,
       "state": state,
   }

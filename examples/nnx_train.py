@@ -1,29 +1,34 @@
 """Flax NNX: SoftAdapt inside ``nnx.Optimizer``, one backward pass per step.
 
 A small NNX MLP fits two regression targets of very different scale from the
-same inputs (``x`` in ``[-1, 1]^2``); the loss has one component per target,
-``[smooth, scaled]``, the mean squared error of each output. The SoftAdapt
-state lives in the optimizer's ``opt_state``; the step is::
+same inputs (``x`` in ``[-1, 1]^2``); the loss has one named component per
+target, ``{"smooth": ..., "scaled": ...}``, the mean squared error of each
+output. The rule carries every setting; its state lives in the optimizer's
+``opt_state``; the step is::
 
-  tx = optax.chain(sa.softadapt_track(K, **settings), optax.adam(lr))
+  rule = sa.softadapt(["smooth", "scaled"], beta=beta, variant=variant)
+  tx = optax.chain(sa.track_weights(rule), optax.adam(lr))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  grad_fn = sa.softadapt_value_and_grad(loss_fn, has_aux=True, **settings)
+  grad_fn = sa.weighted_value_and_grad(loss_fn, rule, has_aux=True)
 
   @nnx.jit
   def train_step(model, optimizer, batch):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     out = grad_fn(optimizer.opt_state, params, graphdef, rest, batch)
     nnx.update(model, out.aux)        # BatchNorm statistics, RNG counts
-    optimizer.update(model, out.grad, losses=out.losses)
-    return out.losses, out.weights
+    optimizer.update(model, out.grad, weighting_state=out.state)
+    return out.losses, sa.diagnostics(optimizer.opt_state, rule, flat=True)
 
 ``loss_fn(params, graphdef, rest, batch)`` merges the model back, returns the
-``[K]`` loss vector and, as auxiliary output, the model's non-parameter state
-(empty for a plain MLP, the running statistics with ``--batchnorm``). The
-direction ``sum_k alpha_k grad f_k`` comes from one ``jax.vjp``; the
-optimizer's ``opt_state`` goes into ``grad_fn`` as is (its Variable-wrapped
-leaves are read by ``sa.find_softadapt_state``), and ``optimizer.update``
-forwards ``losses=`` to ``tx.update`` so the state records them.
+named losses and, as auxiliary output, the model's non-parameter state (empty
+for a plain MLP, the running statistics with ``--batchnorm``). The direction
+``sum_k alpha_k grad f_k`` comes from one ``jax.vjp``; the optimizer's
+``opt_state`` goes into ``grad_fn`` as is (its Variable-wrapped leaves are
+read by ``sa.find_weighting_state``), and ``optimizer.update`` forwards
+``weighting_state=`` to ``tx.update`` so ``opt_state`` records the rule's new
+state. ``sa.diagnostics(..., flat=True)`` gives ``{"weight/smooth": ...,
+"weight/scaled": ..., "loss/smooth": ..., "slope/smooth": ..., "count": ...}``
+for any metric writer.
 
 Two loops (``--loop``): ``scan`` (default) runs each chunk of steps as one
 ``nnx.scan`` over a stack of minibatches inside ``nnx.jit``; ``jit`` calls the
@@ -45,7 +50,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -75,26 +79,27 @@ class MLP(nnx.Module):
     return self.head(jnp.tanh(self.linear2(h)))
 
 
-def loss_components(model: MLP, batch: dict[str, jax.Array]) -> jax.Array:
-  """``[K]``: the mean squared error of each output."""
-  return jnp.mean((model(batch["x"]) - batch["y"]) ** 2, axis=0)
+def loss_components(model: MLP, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The mean squared error of each output, named: ``{"smooth", "scaled"}``."""
+  return toy.named(jnp.mean((model(batch["x"]) - batch["y"]) ** 2, axis=0))
 
 
 def loss_fn(params, graphdef, rest, batch):
-  """The function SoftAdapt differentiates: ``(losses, new non-param state)``."""
+  """The function the rule weights: ``(losses, new non-param state)``."""
   model = nnx.merge(graphdef, params, rest, copy=True)
   return loss_components(model, batch), nnx.state(model, nnx.Not(nnx.Param))
 
 
-def make_train_step(grad_fn):
+def make_train_step(rule: sa.LossWeighting):
   """One step; ``model`` and ``optimizer`` are updated in place."""
+  grad_fn = sa.weighted_value_and_grad(loss_fn, rule, has_aux=True)
 
   def train_step(model, optimizer, batch):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     out = grad_fn(optimizer.opt_state, params, graphdef, rest, batch)
     nnx.update(model, out.aux)
-    optimizer.update(model, out.grad, losses=out.losses)
-    return out.losses, out.weights
+    optimizer.update(model, out.grad, weighting_state=out.state)
+    return out.losses, sa.diagnostics(optimizer.opt_state, rule, flat=True)
 
   return train_step
 
@@ -109,8 +114,8 @@ def make_train_chunk(train_step):
       model, optimizer = carry
       return (model, optimizer), train_step(model, optimizer, batch)
 
-    _, (losses, weights) = body((model, optimizer), batches)
-    return losses, weights
+    _, (losses, log) = body((model, optimizer), batches)
+    return losses, log
 
   return train_chunk
 
@@ -124,23 +129,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   Returns:
     ``{"config", "losses", "weights", "initial_losses", "final_losses",
     "step", "softadapt_count", "train_seconds", "model"}``: the per-step loss
-    components and weights (``[steps, K]`` arrays), the full-dataset losses
-    before and after training, ``optimizer.step`` and the SoftAdapt state's
-    count at the end, the training time (compilation included) and the
-    trained model.
+    components and weights (``[steps, K]`` arrays, columns in COMPONENTS
+    order), the full-dataset losses before and after training,
+    ``optimizer.step`` and the rule state's count at the end, the training
+    time (compilation included) and the trained model.
   """
   args = toy.parse_args(__doc__.splitlines()[0], argv, batchnorm=True)
-  settings = {"beta": args.beta, "variant": args.variant}
   data_key, batch_key, model_key = jax.random.split(jax.random.key(args.seed), 3)
   data = toy.make_dataset(data_key, args.dataset_size)
 
   model = MLP(args.hidden, batchnorm=args.batchnorm, rngs=nnx.Rngs(model_key))
-  tx = optax.chain(
-      sa.softadapt_track(len(COMPONENTS), **settings), optax.adam(args.lr)
-  )
+  rule = sa.softadapt(COMPONENTS, beta=args.beta, variant=args.variant)
+  tx = optax.chain(sa.track_weights(rule), optax.adam(args.lr))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  grad_fn = sa.softadapt_value_and_grad(loss_fn, has_aux=True, **settings)
-  train_step = make_train_step(grad_fn)
+  train_step = make_train_step(rule)
   train_chunk = make_train_chunk(train_step)
   jit_step = nnx.jit(train_step)
   evaluate = nnx.jit(loss_components)
@@ -149,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "model": f"nnx MLP 2 -> {args.hidden} -> {args.hidden} -> 2 (tanh)"
       + (", BatchNorm" if args.batchnorm else ""),
       "losses": ", ".join(COMPONENTS) + " (mean squared error)",
-      "optimizer": f"nnx.Optimizer(chain(softadapt_track, adam({args.lr})))",
+      "optimizer": f"nnx.Optimizer(chain(track_weights(rule), adam({args.lr})))",
       "softadapt": f"variant={args.variant!r}, beta={args.beta}",
       "loop": f"{args.loop}, chunks of {args.chunk} steps",
       "steps": args.steps,
@@ -158,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   toy.print_config(config)
 
   model.eval()
-  initial = np.asarray(evaluate(model, data))
+  initial = toy.columns(evaluate(model, data))
   model.train()
   def run_chunk(state, batches):
     if args.loop == "scan":
@@ -169,10 +171,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       run_chunk, (model, optimizer), data, batch_key, args, desc="NNX"
   )
   model.eval()
-  final = np.asarray(evaluate(model, data))
+  final = toy.columns(evaluate(model, data))
 
   toy.print_summary(elapsed, initial, final, weights)
-  state = sa.find_softadapt_state(optimizer.opt_state)
+  state = sa.find_weighting_state(optimizer.opt_state, rule)
   return {
       "config": config,
       "losses": losses,

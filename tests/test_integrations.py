@@ -3,7 +3,7 @@
 Each training recipe of ``docs/integrations`` runs against the pure-Optax run
 of the same model (parameters as a plain pytree, ``tx.update`` and
 ``optax.apply_updates`` in a ``lax.scan``): the per-step losses and weights,
-the trained parameters and the SoftAdapt state agree to float32 tolerance.
+the trained parameters and the rule's state agree to float32 tolerance.
 The examples run with tiny settings.
 """
 
@@ -27,6 +27,8 @@ STEPS = 16
 # and summation order may differ): float32 rounding, compounded over STEPS.
 RTOL, ATOL = 1e-5, 1e-6
 SETTINGS = {"beta": 1.0, "variant": "loss_weighted"}
+# Every setting given once, to the rule; the routes take the rule only.
+RULE = sa.softadapt(K, **SETTINGS)
 _EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -69,15 +71,15 @@ def _pure_run(loss_fn, params, batches, *, has_aux=False, aux_init=None):
   ``loss_fn(params, [aux,] batch)`` returns the ``[K]`` losses (or
   ``(losses, new_aux)`` with ``has_aux``: state carried from step to step).
   """
-  tx = optax.chain(sa.softadapt_track(K, **SETTINGS), optax.adam(1e-2))
-  grad_fn = sa.softadapt_value_and_grad(loss_fn, has_aux=has_aux, **SETTINGS)
+  tx = optax.chain(sa.track_weights(RULE), optax.adam(1e-2))
+  grad_fn = sa.weighted_value_and_grad(loss_fn, RULE, has_aux=has_aux)
 
   def step(carry, batch):
     params, aux, opt_state = carry
     args = (aux, batch) if has_aux else (batch,)
     out = grad_fn(opt_state, params, *args)
     updates, opt_state = tx.update(
-        out.grad, opt_state, params, losses=out.losses
+        out.grad, opt_state, params, weighting_state=out.state
     )
     new_aux = out.aux if has_aux else aux
     carry = (optax.apply_updates(params, updates), new_aux, opt_state)
@@ -122,7 +124,7 @@ def test_nnx_optimizer_matches_pure_optax(loop, batchnorm):
   graphdef, params0, rest0 = nnx.split(model, nnx.Param, ...)
   params0, rest0 = nnx.as_pure(params0), nnx.as_pure(rest0)
 
-  # The recipe (docs/integrations/nnx.md): the SoftAdapt state lives in the
+  # The recipe (docs/integrations/nnx.md): the rule's state lives in the
   # nnx.Optimizer; its opt_state goes into grad_fn as is; the non-Param state
   # (BatchNorm statistics) comes back as aux.
   def loss_fn(params, graphdef, rest, batch):
@@ -130,15 +132,15 @@ def test_nnx_optimizer_matches_pure_optax(loop, batchnorm):
     losses = _mse(model(batch["x"]), batch["y"])
     return losses, nnx.state(model, nnx.Not(nnx.Param))
 
-  tx = optax.chain(sa.softadapt_track(K, **SETTINGS), optax.adam(1e-2))
+  tx = optax.chain(sa.track_weights(RULE), optax.adam(1e-2))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  grad_fn = sa.softadapt_value_and_grad(loss_fn, has_aux=True, **SETTINGS)
+  grad_fn = sa.weighted_value_and_grad(loss_fn, RULE, has_aux=True)
 
   def train_step(model, optimizer, batch):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     out = grad_fn(optimizer.opt_state, params, graphdef, rest, batch)
     nnx.update(model, out.aux)
-    optimizer.update(model, out.grad, losses=out.losses)
+    optimizer.update(model, out.grad, weighting_state=out.state)
     return out.losses, out.weights
 
   if loop == "jit":
@@ -180,9 +182,9 @@ def test_nnx_optimizer_matches_pure_optax(loop, batchnorm):
       nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param))), rest, rtol=RTOL,
       atol=ATOL,
   )
-  state = sa.find_softadapt_state(optimizer.opt_state)
+  state = sa.find_weighting_state(optimizer.opt_state, RULE)
   chex.assert_trees_all_close(
-      state, sa.find_softadapt_state(opt_state), rtol=RTOL, atol=ATOL
+      state, sa.find_weighting_state(opt_state, RULE), rtol=RTOL, atol=ATOL
   )
   assert int(optimizer.step[...]) == STEPS
   assert int(state.count) == STEPS
@@ -216,22 +218,22 @@ def test_linen_apply_gradients_matches_manual_and_pure_optax():
   def loss_fn(params, batch):
     return _mse(model.apply({"params": params}, batch["x"]), batch["y"])
 
-  tx = optax.chain(sa.softadapt_track(K, **SETTINGS), optax.adam(1e-2))
-  grad_fn = sa.softadapt_value_and_grad(loss_fn, **SETTINGS)
+  tx = optax.chain(sa.track_weights(RULE), optax.adam(1e-2))
+  grad_fn = sa.weighted_value_and_grad(loss_fn, RULE)
 
   class MethodState(train_state.TrainState):  # the documented subclass
-    def apply_gradients(self, *, grads, losses, **kwargs):
-      return apply_gradients(self, grads, losses=losses, **kwargs)
+    def apply_gradients(self, *, grads, **kwargs):
+      return apply_gradients(self, grads, **kwargs)
 
   def helper(state, out):
-    return apply_gradients(state, out.grad, losses=out.losses)
+    return apply_gradients(state, out)
 
   def method(state, out):
-    return state.apply_gradients(grads=out.grad, losses=out.losses)
+    return state.apply_gradients(grads=out)
 
   def manual(state, out):
     updates, opt_state = state.tx.update(
-        out.grad, state.opt_state, state.params, losses=out.losses
+        out.grad, state.opt_state, state.params, weighting_state=out.state
     )
     return state.replace(
         step=state.step + 1,
@@ -263,8 +265,8 @@ def test_linen_apply_gradients_matches_manual_and_pure_optax():
   chex.assert_trees_all_close(weights, ref_weights, rtol=RTOL, atol=ATOL)
   chex.assert_trees_all_close(state.params, params, rtol=RTOL, atol=ATOL)
   chex.assert_trees_all_close(
-      sa.find_softadapt_state(state.opt_state),
-      sa.find_softadapt_state(opt_state),
+      sa.find_weighting_state(state.opt_state, RULE),
+      sa.find_weighting_state(opt_state, RULE),
       rtol=RTOL,
       atol=ATOL,
   )
@@ -320,18 +322,23 @@ def test_linen_apply_gradients_forwards_update_kwargs():
         lambda params: optax.EmptyState(), update
     )
 
-  tx = optax.chain(sa.softadapt_track(K), scale_by_factor(), optax.sgd(1.0))
+  rule = sa.softadapt(K)
+  tx = optax.chain(sa.track_weights(rule), scale_by_factor(), optax.sgd(1.0))
   state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
   grads = jax.tree.map(jnp.ones_like, params)
-  new = apply_gradients(
-      state, grads, losses=jnp.array([1.0, 2.0]), update_kwargs={"factor": 0.25}
+  # A WeightedGrad as weighted_value_and_grad returns it: direction and state.
+  losses = jnp.array([1.0, 2.0])
+  weights, rule_state = rule.update(rule.init(), losses)
+  out = sa.WeightedGrad(
+      losses=losses, aux=None, weights=weights, state=rule_state, grad=grads
   )
+  new = apply_gradients(state, out, update_kwargs={"factor": 0.25})
   chex.assert_trees_all_close(
       new.params, jax.tree.map(lambda p: p - 0.25, params)
   )
-  assert int(sa.find_softadapt_state(new.opt_state).count) == 1
+  assert int(sa.find_weighting_state(new.opt_state, rule).count) == 1
   with pytest.raises(TypeError, match="factor"):
-    apply_gradients(state, grads, losses=jnp.array([1.0, 2.0]))
+    apply_gradients(state, out)
 
 
 # ---------------------------------------------------------------------------
@@ -350,15 +357,15 @@ def test_equinox_filter_jit_matches_pure_jax(loop):
     model = eqx.combine(params, static)
     return _mse(jax.vmap(model)(batch["x"]), batch["y"])
 
-  optim = optax.chain(sa.softadapt_track(K, **SETTINGS), optax.adam(1e-2))
+  optim = optax.chain(sa.track_weights(RULE), optax.adam(1e-2))
   opt_state = optim.init(eqx.filter(model, eqx.is_array))
-  grad_fn = sa.softadapt_value_and_grad(loss_fn, **SETTINGS)
+  grad_fn = sa.weighted_value_and_grad(loss_fn, RULE)
 
   def train_step(model, opt_state, batch):
     params, static = eqx.partition(model, eqx.is_array)
     out = grad_fn(opt_state, params, static, batch)
     updates, opt_state = optim.update(
-        out.grad, opt_state, params, losses=out.losses
+        out.grad, opt_state, params, weighting_state=out.state
     )
     return eqx.apply_updates(model, updates), opt_state, out.losses, out.weights
 
@@ -411,8 +418,8 @@ def test_equinox_filter_jit_matches_pure_jax(loop):
       atol=ATOL,
   )
   chex.assert_trees_all_close(
-      sa.find_softadapt_state(opt_state),
-      sa.find_softadapt_state(ref_opt_state),
+      sa.find_weighting_state(opt_state, RULE),
+      sa.find_weighting_state(ref_opt_state, RULE),
       rtol=RTOL,
       atol=ATOL,
   )
