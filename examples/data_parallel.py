@@ -1,7 +1,7 @@
 """Data-parallel SoftAdapt on several devices: jit + NamedSharding, and shard_map.
 
 The batch is split over a 1-D device mesh with axis ``"data"``; parameters,
-optimizer state and the SoftAdapt state are replicated. Two ways, the same
+optimizer state and the rule's state are replicated. Two ways, the same
 numbers as one device:
 
 (a) ``jax.jit`` with a ``NamedSharding`` on the batch. The loss of each
@@ -14,13 +14,14 @@ numbers as one device:
       params, weights = jax.jit(train)(params, x, y)
 
 (b) ``jax.shard_map`` over the mesh. Each device sees its slice of the batch
-    and computes local losses; ``axis_name="data"`` in
-    ``sa.softadapt_value_and_grad`` and ``sa.softadapt_track`` averages the
-    losses (``lax.pmean``) before they enter the history, and the direction,
-    so every replica holds the same state and takes the same step::
+    and computes local losses; ``axis_name="data"``, given once to the rule,
+    averages the losses (``lax.pmean``) before they enter the history, and
+    ``sa.weighted_value_and_grad`` averages the direction, so every replica
+    holds the same state and takes the same step::
 
-      grad_fn = sa.softadapt_value_and_grad(losses, axis_name="data", ...)
-      tx = optax.chain(sa.softadapt_track(K, axis_name="data", ...), adam)
+      rule = sa.softadapt(K, axis_name="data", ...)
+      grad_fn = sa.weighted_value_and_grad(losses, rule)
+      tx = optax.chain(sa.track_weights(rule), adam)
       jax.jit(jax.shard_map(train, mesh=mesh,
                             in_specs=(P(), P("data"), P("data")),
                             out_specs=P()))
@@ -113,18 +114,18 @@ def make_train(
   The whole run is one ``lax.scan``. With ``axis_name`` it must run inside
   ``shard_map`` over that axis.
   """
-  settings = {"beta": beta, "variant": variant, "axis_name": axis_name}
-  tx = optax.chain(
-      sa.softadapt_track(NUM_LOSSES, order=order, **settings), optax.adam(lr)
+  rule = sa.softadapt(
+      NUM_LOSSES, beta=beta, variant=variant, order=order, axis_name=axis_name
   )
-  grad_fn = sa.softadapt_value_and_grad(loss_components, **settings)
+  tx = optax.chain(sa.track_weights(rule), optax.adam(lr))
+  grad_fn = sa.weighted_value_and_grad(loss_components, rule)
 
   def train(params, x, y):
     def step(carry, _):
       params, opt_state = carry
       out = grad_fn(opt_state, params, x, y)  # one forward + one backward
       updates, opt_state = tx.update(
-          out.grad, opt_state, params, losses=out.losses
+          out.grad, opt_state, params, weighting_state=out.state
       )
       params = optax.apply_updates(params, updates)
       return (params, opt_state), (out.weights, out.losses)
@@ -249,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   )
   record("jit_sharded", out, time.perf_counter() - start)
 
-  # (b) shard_map: local losses, averaged over "data" by SoftAdapt.
+  # (b) shard_map: local losses, averaged over "data" by the rule.
   local_train = make_train(args.steps, axis_name="data", **settings)
   sharded_train = jax.jit(
       jax.shard_map(

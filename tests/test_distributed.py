@@ -32,20 +32,16 @@ _SCRIPT = textwrap.dedent(
     settings = dict(beta=0.5, variant="loss_weighted")
 
     def make(axis_name):
-      tx = optax.chain(
-          sa.softadapt_track(K, order=2, axis_name=axis_name, **settings),
-          optax.adam(0.05),
-      )
-      grad_fn = sa.softadapt_value_and_grad(
-          losses, axis_name=axis_name, **settings
-      )
+      rule = sa.softadapt(K, order=2, axis_name=axis_name, **settings)
+      tx = optax.chain(sa.track_weights(rule), optax.adam(0.05))
+      grad_fn = sa.weighted_value_and_grad(losses, rule)
 
       def run(params, x, y):
         def step(carry, _):
           params, opt_state = carry
           out = grad_fn(opt_state, params, x, y)
           updates, opt_state = tx.update(
-              out.grad, opt_state, params, losses=out.losses
+              out.grad, opt_state, params, weighting_state=out.state
           )
           return (optax.apply_updates(params, updates), opt_state), out.weights
         (params, opt_state), weights = jax.lax.scan(
