@@ -1,10 +1,11 @@
 """Checkpoint and resume with Orbax: the resumed run equals the uninterrupted one.
 
-The SoftAdapt state (loss history, held weights, counters) lives in
-``opt_state`` (``sa.softadapt_track`` in the chain), so checkpointing the
+The rule's state (SoftAdapt's loss history, held weights, counters) lives in
+``opt_state`` (``sa.track_weights(rule)`` in the chain), so checkpointing the
 parameters and the optimizer state with Orbax checkpoints it too::
 
-  tx = optax.chain(sa.softadapt_track(K, **settings),
+  rule = sa.softadapt(["smooth", "scaled"], beta=beta, variant=variant)
+  tx = optax.chain(sa.track_weights(rule),
                    optax.apply_if_finite(optax.adam(lr), max_consecutive_errors=5))
   state = {"params": params, "opt_state": tx.init(params), "step": 0}
 
@@ -22,9 +23,11 @@ step)``), so a resumed run sees the same data as an uninterrupted one.
 
 A non-finite loss vector must not break this: ``--nan-at`` (by default the
 step right before the interruption) puts NaN targets into that step's batch.
-SoftAdapt skips the loss vector (it does not enter the history;
+The rule skips the loss vector (it does not enter the history;
 ``num_skipped`` counts it, the held weights are used) and
-``optax.apply_if_finite`` drops the NaN update; both counters are part of the
+``sa.weighted_value_and_grad`` returns a zero direction for that step, so the
+NaN never reaches the optimizer; ``optax.apply_if_finite`` stays in the chain
+for non-finite gradients of finite losses. Both counters are part of the
 checkpoint.
 
 ``--mode demo`` (default) runs the whole story and checks it:
@@ -106,26 +109,27 @@ def mlp(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
   return x @ params[-1]["w"] + params[-1]["b"]
 
 
-def loss_components(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-  """``[K]``: the mean squared error of each output."""
-  return jnp.mean((mlp(params, batch["x"]) - batch["y"]) ** 2, axis=0)
+def loss_components(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The mean squared error of each output, named: ``{"smooth", "scaled"}``."""
+  return toy.named(jnp.mean((mlp(params, batch["x"]) - batch["y"]) ** 2, axis=0))
 
 
 class Setup(NamedTuple):
+  rule: sa.LossWeighting
   tx: optax.GradientTransformationExtraArgs
-  run_chunk: Any  # run_chunk(state, length) -> (state, (losses, weights))
+  run_chunk: Any  # run_chunk(state, length) -> (state, (losses, log))
   init: Any  # init() -> a fresh state at step 0
 
 
 def make_setup(args: argparse.Namespace) -> Setup:
-  settings = {"beta": args.beta, "variant": args.variant}
   data_key, batch_key, model_key = jax.random.split(jax.random.key(args.seed), 3)
   data = toy.make_dataset(data_key, DATASET_SIZE)
+  rule = sa.softadapt(COMPONENTS, beta=args.beta, variant=args.variant)
   tx = optax.chain(
-      sa.softadapt_track(len(COMPONENTS), **settings),
+      sa.track_weights(rule),
       optax.apply_if_finite(optax.adam(args.lr), max_consecutive_errors=5),
   )
-  grad_fn = sa.softadapt_value_and_grad(loss_components, **settings)
+  grad_fn = sa.weighted_value_and_grad(loss_components, rule)
 
   def train_step(state, _):
     step = state["step"]
@@ -134,14 +138,14 @@ def make_setup(args: argparse.Namespace) -> Setup:
     batch["y"] = jnp.where(step == args.nan_at, jnp.nan, batch["y"])
     out = grad_fn(state["opt_state"], state["params"], batch)
     updates, opt_state = tx.update(
-        out.grad, state["opt_state"], state["params"], losses=out.losses
+        out.grad, state["opt_state"], state["params"], weighting_state=out.state
     )
     new_state = {
         "params": optax.apply_updates(state["params"], updates),
         "opt_state": opt_state,
         "step": step + 1,
     }
-    return new_state, (out.losses, out.weights)
+    return new_state, (out.losses, sa.diagnostics(opt_state, rule, flat=True))
 
   @functools.partial(jax.jit, static_argnames="length")
   def run_chunk(state, length):
@@ -155,7 +159,7 @@ def make_setup(args: argparse.Namespace) -> Setup:
         "step": jnp.zeros((), jnp.int32),
     }
 
-  return Setup(tx, run_chunk, init)
+  return Setup(rule, tx, run_chunk, init)
 
 
 # ---------------------------------------------------------------------------
@@ -168,7 +172,7 @@ class Trajectory(NamedTuple):
 
   Attributes:
     start: the first step run here (0, or the restored checkpoint's step).
-    losses: ``[n, K]`` the loss components of each step.
+    losses: ``[n, K]`` the loss components of each step (COMPONENTS order).
     weights: ``[n, K]`` the SoftAdapt weights each step applied.
     state: the final ``{"params", "opt_state", "step"}``.
     restored: the state restored from the checkpoint (``None`` if none).
@@ -241,9 +245,9 @@ def train(
       if end <= start or end > stop:
         continue
       first = int(state["step"])
-      state, (chunk_losses, chunk_weights) = setup.run_chunk(state, end - first)
-      losses.append(np.asarray(chunk_losses))  # waits for the chunk
-      weights.append(np.asarray(chunk_weights))
+      state, (chunk_losses, log) = setup.run_chunk(state, end - first)
+      losses.append(toy.columns(chunk_losses))  # waits for the chunk
+      weights.append(toy.columns(log, "weight/"))
       if mngr is not None and (end % args.save_every == 0 or end == stop):
         mngr.save(
             end,
@@ -394,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   setup = make_setup(args)
   config = {
       "model": f"MLP 2 -> {args.hidden} -> {args.hidden} -> 2 (tanh), plain JAX",
-      "optimizer": f"chain(softadapt_track, apply_if_finite(adam({args.lr})))",
+      "optimizer": f"chain(track_weights(rule), apply_if_finite(adam({args.lr})))",
       "softadapt": f"variant={args.variant!r}, beta={args.beta}",
       "steps": args.steps,
       "interrupt": f"after step {args.stop_at}, checkpoints every "
@@ -405,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   if args.mode == "train":
     traj = train(args, setup, args.ckpt_dir, args.stop_at, "train")
-    sa_state = sa.find_softadapt_state(traj.state["opt_state"])
+    sa_state = sa.find_weighting_state(traj.state["opt_state"], setup.rule)
     print(
         f"{'resumed at' if traj.restored is not None else 'started at'} step "
         f"{traj.start}, stopped at step {int(traj.state['step'])}; SoftAdapt "
@@ -435,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       (full.losses[s:], full.weights[s:], full.state),
   )
   diff += differences(first.state, resumed.restored)
-  restored = sa.find_softadapt_state(resumed.restored["opt_state"])
+  restored = sa.find_weighting_state(resumed.restored["opt_state"], setup.rule)
   print(f"\nUninterrupted run, interrupted run and resume in {elapsed:.1f} s.")
   print("Around the NaN step and the interruption (uninterrupted run):")
   near = [t for t in range(args.nan_at - 1, s + 2) if 0 <= t < args.steps]

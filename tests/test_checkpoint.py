@@ -1,4 +1,4 @@
-"""Checkpoint and resume with Orbax: the SoftAdapt state round-trips exactly.
+"""Checkpoint and resume with Orbax: the rule's state round-trips exactly.
 
 - In a fresh process (``examples/checkpoint_resume.py``): a run interrupted
   after a checkpoint and resumed by another Python process equals the
@@ -76,13 +76,17 @@ def test_resume_in_fresh_process_is_bit_exact(checkpoint_resume, tmp_path):
   assert np.all(np.isnan(full.losses[nan_at]))
   assert np.all(np.isfinite(np.delete(full.losses, nan_at, axis=0)))
   np.testing.assert_array_equal(full.weights[nan_at], full.weights[nan_at - 1])
-  restored = sa.find_softadapt_state(resumed.restored["opt_state"])
+  rule = sa.softadapt(checkpoint_resume.COMPONENTS)  # finds its state type
+  restored = sa.find_weighting_state(resumed.restored["opt_state"], rule)
   assert int(restored.num_skipped) == 1
   assert int(restored.count) == stop - 1
   assert np.all(np.isfinite(restored.history))
+  # weighted_value_and_grad gave that step a zero direction: the NaN never
+  # reached the chain, so apply_if_finite (kept for non-finite gradients of
+  # finite losses) counted nothing.
   if_finite = resumed.restored["opt_state"][1]
-  assert int(if_finite.total_notfinite) == 1
-  final = sa.find_softadapt_state(resumed.state["opt_state"])
+  assert int(if_finite.total_notfinite) == 0
+  final = sa.find_weighting_state(resumed.state["opt_state"], rule)
   assert (int(final.count), int(final.num_skipped)) == (steps - 1, 1)
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(resumed.state))
 
@@ -102,21 +106,29 @@ def _losses(params, x):
   return jnp.stack([jnp.mean(pred[:, 0] ** 2), jnp.mean((pred[:, 1] - 3.0) ** 2)])
 
 
+# Each chain: (tx, the rule of a step given its opt_state).
+
+
 def _track_chain():
-  return optax.chain(
-      sa.softadapt_track(K, beta=1.0, order=2, update_every=2), optax.adam(0.05)
-  )
+  rule = sa.softadapt(K, beta=1.0, order=2, update_every=2)
+  return optax.chain(sa.track_weights(rule), optax.adam(0.05)), lambda _: rule
 
 
 def _inject_chain():
+  # The documented inject_hyperparams recipe: the tracker only installs the
+  # state; the step builds the rule from the injected (traced) beta.
   inject = optax.inject_hyperparams(
-      sa.softadapt_track, static_args=("num_losses", "order", "update_every")
+      lambda beta: sa.track_weights(sa.softadapt(K, beta=beta))
   )
-  return optax.chain(inject(K, beta=1.0), optax.adam(0.05))
+  tx = optax.chain(inject(beta=1.0), optax.adam(0.05))
+  return tx, lambda opt_state: sa.softadapt(
+      K, beta=opt_state[0].hyperparams["beta"]
+  )
 
 
 def _combine_chain():
-  return optax.chain(sa.softadapt_combine_grads(K, beta=1.0), optax.sgd(0.05))
+  rule = sa.softadapt(K, beta=1.0)
+  return optax.chain(sa.combine_grads(rule), optax.sgd(0.05)), lambda _: rule
 
 
 @pytest.mark.parametrize(
@@ -124,22 +136,24 @@ def _combine_chain():
     ids=["track", "inject_hyperparams", "combine_grads"],
 )  # fmt: skip
 def test_orbax_round_trip_continues_identically(make_tx, tmp_path):
-  tx = make_tx()
+  tx, rule_of = make_tx()
   stacked = make_tx is _combine_chain
-  grad_fn = sa.softadapt_value_and_grad(_losses, beta=1.0)
   x = jax.random.normal(jax.random.key(0), (8, 3))
 
   @jax.jit
   def step(state, _):
     params, opt_state = state["params"], state["opt_state"]
+    rule = rule_of(opt_state)
     if stacked:  # per-component gradients, [K, ...]
       losses, grads = _losses(params, x), jax.jacrev(_losses)(params, x)
+      updates, opt_state = tx.update(grads, opt_state, params, losses=losses)
     else:
-      out = grad_fn(opt_state, params, x)
-      losses, grads = out.losses, out.grad
-    updates, opt_state = tx.update(grads, opt_state, params, losses=losses)
+      out = sa.weighted_value_and_grad(_losses, rule)(opt_state, params, x)
+      updates, opt_state = tx.update(
+          out.grad, opt_state, params, weighting_state=out.state
+      )
     new = {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
-    return new, sa.find_softadapt_state(opt_state).weights
+    return new, sa.find_weighting_state(opt_state, rule).weights
 
   def run(state, n):
     return jax.lax.scan(step, state, None, length=n)
@@ -163,7 +177,8 @@ def test_orbax_round_trip_continues_identically(make_tx, tmp_path):
   _assert_trees_equal(restored, state)
   (after, w_after), (cont, w_cont) = run(restored, 6), run(state, 6)
   _assert_trees_equal((after, w_after), (cont, w_cont))
-  assert int(sa.find_softadapt_state(after["opt_state"]).count) == 12
+  rule = rule_of(restored["opt_state"])
+  assert int(sa.find_weighting_state(after["opt_state"], rule).count) == 12
 
   # Control: the same parameters and Adam state with a fresh SoftAdapt state
   # restart the warm-up; the weights differ, so the check above has teeth.
