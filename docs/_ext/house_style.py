@@ -7,7 +7,7 @@ rewrites, in the rendered copy only:
 - an ``Example:`` section header to ``Examples:`` (so the doctest becomes a
   code example, not an admonition);
 - grouped argument entries ``a, b, c: description`` to one entry per name;
-- ``.. math::`` blocks to ``$$ ... $$`` (MathJax);
+- ``.. math::`` blocks to ``$$ ... $$`` (rendered by KaTeX);
 - ``:func:`name``` and ``:class:`name``` roles to links to the API
   reference when ``name`` is public, else to code;
 - reStructuredText simple tables (``===`` borders) to Markdown tables;
