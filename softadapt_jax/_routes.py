@@ -278,7 +278,7 @@ def combine_grads(
 def find_weighting_state(tree: Any, rule: _protocol.LossWeighting) -> Any:
   """The state of ``rule`` inside ``tree`` (e.g. an ``opt_state``).
 
-  Built on ``optax.tree.get``: works for any nesting of ``optax.chain``,
+  Works for any nesting of ``optax.chain``,
   ``inject_hyperparams``, ``MultiSteps`` or a Flax ``nnx.Optimizer``'s
   ``opt_state`` (whose wrapped leaves come back as plain arrays).
 
@@ -303,21 +303,26 @@ def find_weighting_state(tree: Any, rule: _protocol.LossWeighting) -> Any:
   state_type = rule.state_type
   if isinstance(tree, state_type):
     return tree
+  # The outermost states of this type: a combinator's state (e.g. per_epoch)
+  # may hold a state of the same type inside it, which is not a second one.
+  found = [
+      leaf
+      for leaf in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, state_type))
+      if isinstance(leaf, state_type)
+  ]
   name = state_type.__name__
-  try:
-    found = optax.tree.get(tree, name)
-  except KeyError as e:
+  if len(found) > 1:
     raise ValueError(
-        f"more than one {name} found in the given tree; pass the one you mean "
-        "explicitly."
-    ) from e
-  if not isinstance(found, state_type):
+        f"more than one {name} found in the given tree ({len(found)}); pass "
+        "the one you mean explicitly."
+    )
+  if not found:
     raise ValueError(
         f"no {name} found in the given tree: put the rule's track_weights(...) "
         "or combine_grads(...) in the optimizer chain, or pass the state "
         f"itself (got {type(tree).__name__})."
     )
-  return _as_arrays(found)
+  return _as_arrays(found[0])
 
 
 def _as_arrays(state: Any) -> Any:

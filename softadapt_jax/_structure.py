@@ -98,6 +98,7 @@ class LossStructure:
             f"`{name}` must have shape ({self.num_losses},) to match the rule's "
             f"num_losses={self.num_losses}, got shape {vector.shape}."
         )
+      _checks.check_floating(name, vector)
       return vector
     if self.kind == "names":
       if not isinstance(losses, Mapping) or set(losses) != set(self.names):
