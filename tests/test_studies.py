@@ -16,6 +16,8 @@ import numpy as np
 import optax
 import pytest
 
+import softadapt_jax as sa
+
 # examples/ is a namespace package at the repository root (`python -m pytest`
 # puts the root on sys.path; a bare `pytest` may not).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -35,24 +37,26 @@ def _read(path):
 # ---------------------------------------------------------------------------
 
 
-def _run_method(method, losses_seq, key=0):
-  state = method.init(jax.random.key(key))
+def _run_rule(rule, losses_seq, key=0):
+  """The weights of each step of ``rule`` alone, in a Python loop."""
+  state = rule.init(key=jax.random.key(key))
   out = []
   for losses in losses_seq:
-    w, state = method.update(state, jnp.asarray(losses, jnp.float32))
+    w, state = rule.update(state, jnp.asarray(losses, jnp.float32))
     out.append(np.asarray(w))
   return np.stack(out)
 
 
 @pytest.mark.parametrize("steps_per_epoch", [2, 3])
 def test_per_epoch_feeds_epoch_means_and_holds_weights(steps_per_epoch):
+  # The VAE study's per-epoch SoftAdapt: sa.per_epoch of the rule.
   rng = np.random.default_rng(steps_per_epoch)
   losses = rng.uniform(0.5, 2.0, size=(4 * steps_per_epoch, 2))
-  inner = C.softadapt(2, beta=3.0)
-  wrapped = C.per_epoch(inner, 2, steps_per_epoch)
-  got = _run_method(wrapped, losses)
+  inner = sa.softadapt(2, beta=3.0)
+  wrapped = sa.per_epoch(inner, steps_per_epoch)
+  got = _run_rule(wrapped, losses)
   means = losses.reshape(4, steps_per_epoch, 2).mean(axis=1)
-  per_epoch = _run_method(inner, means)
+  per_epoch = _run_rule(inner, means)
   # Epoch e (e >= 1) uses the weights the inner rule gave for epoch e - 1's
   # mean; the first epoch uses 1/K.
   expected = np.concatenate([np.full((1, 2), 0.5), per_epoch[:-1]])
@@ -62,40 +66,68 @@ def test_per_epoch_feeds_epoch_means_and_holds_weights(steps_per_epoch):
   assert not np.allclose(per_epoch[-1], 0.5)  # the check can fail
 
 
-def test_make_step_direction_is_the_weighted_gradient():
+def test_study_step_direction_is_the_weighted_gradient():
+  """The studies' step (the library's route) with fixed weights."""
+
   def loss_fn(p, batch):
     return jnp.stack([jnp.sum((p - batch) ** 2), jnp.sum(jnp.sin(p))])
 
-  method = C.fixed([0.25, 0.75])
-  tx = optax.sgd(1.0)
+  rule = sa.fixed_weights([0.25, 0.75])
+  tx = optax.chain(sa.track_weights(rule), optax.sgd(1.0))
+  grad_fn = sa.weighted_value_and_grad(loss_fn, rule)
   p = jnp.array([0.3, -1.2])
   batch = jnp.array([1.0, 2.0])
-  step = C.make_step(loss_fn, method, tx)
-  (new_p, _, _), (losses, w) = step((p, tx.init(p), ()), batch)
+  out = grad_fn(tx.init(p), p, batch)
+  updates, _ = tx.update(out.grad, tx.init(p), p, weighting_state=out.state)
+  new_p = optax.apply_updates(p, updates)
   grads = jax.jacrev(loss_fn)(p, batch)
   np.testing.assert_allclose(new_p, p - (0.25 * grads[0] + 0.75 * grads[1]),
                              rtol=1e-6)
-  np.testing.assert_allclose(losses, loss_fn(p, batch))
-  np.testing.assert_allclose(w, [0.25, 0.75])
+  np.testing.assert_allclose(out.losses, loss_fn(p, batch))
+  np.testing.assert_allclose(out.weights, [0.25, 0.75])
 
 
-def test_switch_method_equals_each_method_alone():
+def test_family_rows_weights_sum_to_one():
+  """Every row's weights sum to 1, equal weights' too (the studies' convention)."""
   from examples.studies import pinns
 
-  methods = [C.equal(2), C.softadapt(2, beta=2.0), C.softadapt(2, beta=0.5,
-                                                               variant="loss_weighted")]
-  methods += C.family_methods(2)[:2]
-  init, update = pinns.switch_method(methods)
+  rng = np.random.default_rng(1)
+  losses = rng.uniform(0.1, 3.0, size=(8, 3)).astype(np.float32)
+  rules = pinns.methods_for(3)
+  assert list(C.family_rules(3)) == list(rules)[-5:]
+  for name, rule in rules.items():
+    weights = _run_rule(rule, losses)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5, err_msg=name)
+  np.testing.assert_allclose(_run_rule(rules["equal weights"], losses), 1 / 3)
+
+
+def test_switch_rule_equals_each_rule_alone():
+  from examples.studies import pinns
+
+  rules = [sa.equal_weights(2, scale_by_num_losses=False),
+           sa.softadapt(2, beta=2.0), sa.softadapt(2, beta=0.5,
+                                                   variant="loss_weighted")]
+  rules += list(C.family_rules(2).values())
   rng = np.random.default_rng(0)
-  losses = rng.uniform(0.1, 3.0, size=(6, 2)).astype(np.float32)
-  for i, m in enumerate(methods):
-    alone = _run_method(m, losses)
-    states = init(jax.random.key(0))
-    got = []
-    for row in losses:
-      w, states = jax.jit(update)(jnp.int32(i), states, jnp.asarray(row))
-      got.append(np.asarray(w))
-    np.testing.assert_allclose(np.stack(got), alone, rtol=1e-6, err_msg=m.name)
+  losses = jnp.asarray(rng.uniform(0.1, 3.0, size=(6, 2)).astype(np.float32))
+
+  def run_switch(index):
+    rule = pinns.switch_rule(rules, index, jax.random.key(0))
+
+    def body(state, row):
+      w, state = rule.update(state, row)
+      return state, w
+
+    return jax.lax.scan(body, rule.init(), losses)[1]
+
+  # A batched index (every branch runs, as in the study's grid) and a
+  # single one (only the selected branch runs, as in its timing).
+  batched = jax.jit(jax.vmap(run_switch))(jnp.arange(len(rules)))
+  for i, rule in enumerate(rules):
+    alone = _run_rule(rule, losses)
+    np.testing.assert_allclose(batched[i], alone, rtol=1e-6, err_msg=str(rule))
+    single = jax.jit(run_switch)(jnp.int32(i))
+    np.testing.assert_allclose(single, alone, rtol=1e-6, err_msg=str(rule))
 
 
 def test_statistics_formatting():

@@ -12,14 +12,18 @@ Three problems, each a loss vector of mean squared terms:
   on ``[-1, 1]^2``, ``u = sin(a1 pi x) sin(a2 pi y)``, ``a1 = 1``, ``a2 = 4``,
   ``k = 1``, ``q`` from the exact ``u``: ``[residual, boundary]``.
 
-Every weighting method is pluggable (:class:`examples.studies._common.Method`):
-equal weights, SoftAdapt variants through the core state machine, and one row
-per rule of the loss-history family the installed ``softadapt_jax`` offers
+Every weighting method is a rule of ``softadapt_jax``: equal weights
+(``sa.equal_weights(K, scale_by_num_losses=False)``), SoftAdapt variants
+(``sa.softadapt``), and one row per rule of the loss-history family
 (``sa.softadapt(K, log_losses=True)``, ``sa.ratio_softadapt``, ``sa.dwa``,
-``sa.relobralo``, ``sa.random_weighting``, each at its defaults). To make the
-whole grid affordable on a CPU, all methods of one (problem, optimizer,
-sampling) cell run in ONE compiled ``lax.scan``, vmapped over (method, seed):
-the method is picked by ``lax.switch`` on a (batched) index, so every method's
+``sa.relobralo``, ``sa.random_weighting``, each at its defaults with weights
+summing to 1), all trained by the library's one route
+(``sa.weighted_value_and_grad`` and ``sa.track_weights``). To make the whole
+grid affordable on a CPU, all methods of one (problem, optimizer, sampling)
+cell run in ONE compiled ``lax.scan``, vmapped over (method, seed): the
+methods are combined into one rule (:func:`switch_rule`, written with the
+library's rule kit ``sa.LossWeighting``) that keeps every method's state and
+picks the method by ``lax.switch`` on a (batched) index, so every method's
 weights are computed at each step (they cost nothing next to the network) and
 the selected ones are applied. The time per step of each method is measured
 separately, with the index not batched (``lax.switch`` then runs only the
@@ -39,6 +43,7 @@ Run (from the repository root)::
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import os
@@ -52,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import softadapt_jax as sa
 from examples.studies import _common as C
 from examples.studies import _digits as D
 
@@ -264,39 +270,76 @@ PROBLEMS = {
 # ---------------------------------------------------------------------------
 
 
-def methods_for(num_losses: int, smoke: bool = False) -> list[C.Method]:
-  """Equal weights, SoftAdapt variants, then the family rules available."""
-  methods = [C.equal(num_losses)]
+def methods_for(num_losses: int, smoke: bool = False) -> dict[str, sa.LossWeighting]:
+  """Equal weights, SoftAdapt variants, then the family rules; every rule's
+  weights sum to 1. Rows named ``SoftAdapt ...`` are the slope-based ones."""
+  methods = {"equal weights": sa.equal_weights(num_losses, scale_by_num_losses=False)}
   settings = [("original", 0.1), ("original", 1.0), ("loss_weighted", 0.1),
               ("normalized", 0.1)]
   if smoke:
     settings = settings[:1]
   for variant, beta in settings:
-    methods.append(C.softadapt(num_losses, beta=beta, variant=variant,
-                               name=f"SoftAdapt {variant}, beta {beta:g}"))
-  family = C.family_methods(num_losses)
-  return methods + (family[:1] if smoke else family)
+    methods[f"SoftAdapt {variant}, beta {beta:g}"] = sa.softadapt(
+        num_losses, beta=beta, variant=variant
+    )
+  family = list(C.family_rules(num_losses).items())
+  return methods | dict(family[:1] if smoke else family)
 
 
-def switch_method(methods: Sequence[C.Method]) -> tuple[Callable, Callable]:
-  """``init(key)`` of all methods' states, ``update(index, states, losses)``."""
+class SwitchState(NamedTuple):
+  """State of :func:`switch_rule`: every method's state, advanced together."""
 
-  def init(key):
-    return tuple(m.init(key) for m in methods)
+  count: jax.Array
+  weights: jax.Array
+  num_skipped: jax.Array
+  inner: Any  # a NamedTuple of the rules' states, one field per rule
 
-  def update(index, states, losses):
+
+def switch_rule(
+    rules: Sequence[sa.LossWeighting],
+    index: jax.Array,
+    key: jax.Array | None = None,
+) -> sa.LossWeighting:
+  """The rule ``rules[index]``, for a traced (batched) ``index``.
+
+  Written with the library's rule kit: the state holds every rule's state,
+  ``lax.switch`` advances the selected one (under ``vmap`` with a batched
+  index, every branch runs and the selected result is kept) and its weights
+  are applied. ``key`` seeds the random rules when the state is initialised
+  without one (``track_weights(rule).init`` passes none).
+  """
+  num_losses = rules[0].num_losses
+  # A NamedTuple, not a plain tuple: sa.find_weighting_state reads states
+  # made of arrays and NamedTuples.
+  inner_type = collections.namedtuple(
+      "SwitchInner", [f"rule_{i}" for i in range(len(rules))]
+  )
+
+  def init_fn(dtype, init_key):
+    init_key = key if init_key is None else init_key
+    inner = inner_type(*(r.init(key=init_key, dtype=dtype) for r in rules))
+    return SwitchState(
+        count=jnp.zeros((), jnp.int32),
+        weights=jnp.stack([s.weights for s in inner])[index],
+        num_skipped=jnp.zeros((), jnp.int32),
+        inner=inner,
+    )
+
+  def update_fn(state, losses):
     def branch(i):
-      def fn(states, losses):
-        w, s = methods[i].update(states[i], losses)
-        w = jnp.asarray(w, jnp.float32)
-        return w, (*states[:i], s, *states[i + 1:])
+      def fn(inner):
+        # The losses are already cast, averaged and finite: `prepared`.
+        w, s, _, _ = rules[i].advance(inner[i], losses, prepared=True)
+        return w.astype(state.weights.dtype), inner._replace(**{f"rule_{i}": s})
 
       return fn
 
-    return jax.lax.switch(index, [branch(i) for i in range(len(methods))],
-                          states, losses)
+    weights, inner = jax.lax.switch(
+        index, [branch(i) for i in range(len(rules))], state.inner
+    )
+    return state._replace(weights=weights, inner=inner)
 
-  return init, update
+  return sa.LossWeighting(init_fn, update_fn, num_losses)
 
 
 CELLS = (("adam", "full"), ("adam", "resampled"), ("sgd", "full"),
@@ -326,7 +369,7 @@ def adam_or_sgd(
 
 def make_train(
     problem: Problem,
-    methods: Sequence[C.Method],
+    methods: Sequence[sa.LossWeighting],
     steps: int,
     every: int,
 ) -> Callable[[jax.Array, jax.Array, jax.Array], Any]:
@@ -335,7 +378,6 @@ def make_train(
   ``cell`` indexes :data:`CELLS` (optimizer, collocation); all three arguments
   may be traced (batched), so one compiled program runs the whole grid.
   """
-  init_w, update_w = switch_method(methods)
   use_sgd_of = jnp.array([opt == "sgd" for opt, _ in CELLS])
   resample_of = jnp.array([smp == "resampled" for _, smp in CELLS])
 
@@ -344,23 +386,30 @@ def make_train(
     k_init, k_data = jax.random.split(key)
     params = D.init_mlp(k_init, problem.sizes)
     fixed_batch = problem.sample(jax.random.key(1234))
-    tx = adam_or_sgd(use_sgd_of[cell], problem.lr["adam"], problem.lr["sgd"])
+    rule = switch_rule(methods, index, jax.random.fold_in(key, 7))
+    opt = adam_or_sgd(use_sgd_of[cell], problem.lr["adam"], problem.lr["sgd"])
+    tx = optax.chain(sa.track_weights(rule), opt)
+    grad_fn = sa.weighted_value_and_grad(problem.loss, rule)
     resample = resample_of[cell]
-    method = C.Method("switch", init_w, functools.partial(update_w, index))
-    step = C.make_step(problem.loss, method, tx)
 
     def inner(carry, key):
+      params, opt_state = carry
       fresh = problem.sample(key)
       batch = jax.tree.map(
           lambda a, b: jnp.where(resample, a, b), fresh, fixed_batch
       )
-      return step(carry, batch)
+      out = grad_fn(opt_state, params, batch)  # one forward + one backward pass
+      updates, opt_state = tx.update(
+          out.grad, opt_state, params, weighting_state=out.state
+      )
+      params = optax.apply_updates(params, updates)
+      return (params, opt_state), (out.losses, out.weights)
 
     def outer(carry, key):
       carry, (losses, w) = jax.lax.scan(inner, carry, jax.random.split(key, every))
       return carry, (problem.error(carry[0]), losses[-1], w[-1])
 
-    carry = (params, tx.init(params), init_w(jax.random.fold_in(key, 7)))
+    carry = (params, tx.init(params))
     carry, (errors, losses, w) = jax.lax.scan(
         outer, carry, jax.random.split(k_data, steps // every)
     )
@@ -404,7 +453,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args.steps -= args.steps % every
   seeds = jnp.arange(args.seeds)
   wall = time.perf_counter()
-  availability = C.family_available()
   metrics: dict[str, Any] = {}
   sections = [
       "`PYTHONPATH=. python -m examples.studies.pinns"
@@ -412,25 +460,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       + f"`: {args.steps} steps per run, seeds "
       f"0-{args.seeds - 1}; relative L2 error against the exact solution as the "
       "geometric mean [min, max] over the seeds. Equal weights are 1/K each; "
-      "every other method's weights are divided by their sum (a rule that "
-      "scales its weights to K is then the same rule with a K times smaller "
-      "step size), so the step size means the same thing in every row. "
-      "ms/step: one compiled run of that method alone "
-      f"({args.timing_steps} steps, seed 0, the best of two timings). Family "
-      "rules in the installed softadapt_jax: "
-      + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in availability.items())
-      + ".",
+      "every other rule's weights sum to 1 as well (scale_by_num_losses=False "
+      "for a rule that scales its weights to K by default: the same rule with "
+      "a K times smaller step size), so the step size means the same thing in "
+      "every row. ms/step: one compiled run of that method alone "
+      f"({args.timing_steps} steps, seed 0, the best of two timings).",
   ]
   figure_data = {}
   for pname in args.problems.split(","):
     problem = PROBLEMS[pname]()
     k = len(problem.components)
-    methods = methods_for(k, args.smoke)
+    rules = methods_for(k, args.smoke)
+    methods = list(rules)  # the row names
     metrics[problem.name] = {}
     rows_by_cell = {}
     cells = [i for i, (o, smp) in enumerate(CELLS)
              if o in args.optimizers.split(",") and smp in args.sampling.split(",")]
-    train = make_train(problem, methods, args.steps, every)
+    train = make_train(problem, list(rules.values()), args.steps, every)
     fn = jax.jit(jax.vmap(jax.vmap(jax.vmap(train, (None, None, 0)),
                                    (None, 0, None)), (0, None, None)))
     (final, errors, _, weights), seconds = C.timed(
@@ -439,12 +485,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     final, errors, weights = (np.asarray(a) for a in (final, errors, weights))
     print(f"{problem.name}: {seconds:.0f} s for {len(cells)} cells x "
           f"{len(methods)} methods x {args.seeds} seeds", flush=True)
-    ms_per_step = (time_per_step(problem, methods, args.timing_steps)
+    ms_per_step = (time_per_step(problem, list(rules.values()), args.timing_steps)
                    if args.timing_steps else [float("nan")] * len(methods))
     for j, c in enumerate(cells):
       cell = ", ".join(CELLS[c])
       metrics[problem.name][cell] = {
-          m.name: {"rel_l2": final[j, i].tolist(), "ms_per_step": ms_per_step[i]}
+          m: {"rel_l2": final[j, i].tolist(), "ms_per_step": ms_per_step[i]}
           for i, m in enumerate(methods)
       }
       rows_by_cell[cell] = (final[j], weights[j])
@@ -478,7 +524,7 @@ def _problem_section(problem, methods, rows_by_cell, ms_per_step, seconds) -> st
   header = ["method", *[f"rel. L2, {c}" for c in cells], "ms / step"]
   rows = []
   for i, m in enumerate(methods):
-    rows.append([m.name, *[C.geo_range(rows_by_cell[c][0][i]) for c in cells],
+    rows.append([m, *[C.geo_range(rows_by_cell[c][0][i]) for c in cells],
                  f"{ms_per_step[i]:.2f}" if np.isfinite(ms_per_step[i]) else "-"])
   notes = []
   for c in cells:
@@ -486,12 +532,12 @@ def _problem_section(problem, methods, rows_by_cell, ms_per_step, seconds) -> st
     geo = [_geo(final[i]) for i in range(len(methods))]
     eq = geo[0]
     best = int(np.argmin(geo[1:])) + 1
-    sa_rows = [i for i, m in enumerate(methods) if m.family == "softadapt"]
+    sa_rows = [i for i, m in enumerate(methods) if m.startswith("SoftAdapt ")]
     best_sa = min(sa_rows, key=lambda i: geo[i])
     beaten = all(final[best].max() < final[0].min() for _ in [0])
     if geo[best] < eq:
       text = (
-          f"best {methods[best].name} {geo[best]:.2e} vs equal {eq:.2e} "
+          f"best {methods[best]} {geo[best]:.2e} vs equal {eq:.2e} "
           f"({eq / geo[best]:.1f}x lower"
           + (", every seed of it below every seed of equal weights)" if beaten
              else ", but the seeds' ranges overlap)")
@@ -499,7 +545,7 @@ def _problem_section(problem, methods, rows_by_cell, ms_per_step, seconds) -> st
     else:
       text = f"**nothing beats equal weights** ({eq:.2e})"
     sa_text = (
-        f"best SoftAdapt-slope row {methods[best_sa].name} {geo[best_sa]:.2e} "
+        f"best SoftAdapt-slope row {methods[best_sa]} {geo[best_sa]:.2e} "
         + ("(better than equal)" if geo[best_sa] < eq else
            "(**not better than equal**)")
     )
@@ -532,7 +578,7 @@ def plot(path: str, figure_data) -> None:
       t = every * np.arange(1, errors.shape[-1] + 1)
       for i, m in enumerate(methods):
         ax.semilogy(t, np.median(errors[i], axis=0), lw=1.4 if i == 0 else 0.9,
-                    color="k" if i == 0 else f"C{i - 1}", label=m.name)
+                    color="k" if i == 0 else f"C{i - 1}", label=m)
       ax.set(title=f"{p}: {cell}", xlabel="step", ylabel="rel. L2 (median)")
       if r == 0 and c == 0:
         ax.legend(fontsize=6)
@@ -541,7 +587,7 @@ def plot(path: str, figure_data) -> None:
     t = every * np.arange(1, weights.shape[2] + 1)
     for i, m in enumerate(methods[1:], start=1):
       w = weights[i, 0]
-      ax.plot(t, w[:, 0] / w.sum(-1), color=f"C{i - 1}", lw=0.9, label=m.name)
+      ax.plot(t, w[:, 0] / w.sum(-1), color=f"C{i - 1}", lw=0.9, label=m)
     ax.set(title=f"{p}: residual weight (sum 1), seed 0, {cells[0]}",
            xlabel="step", ylim=(-0.02, 1.02))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -6,13 +6,18 @@ Rosenbrock, ``f = (1 - x)^2 + 100 (y - x^2)^2``, has the two components
 and its minimum at ``(3, 0.5)``. From ``N`` seeded starting points (seed ``s``
 draws start ``s`` uniformly from a box around the minimum), each method runs a
 fixed number of steps of Adam or plain SGD on the weighted sum of the
-components. Equal weights are ``1/K`` each (the gradient of the mean), and
-every SoftAdapt weight vector also sums to 1, so the step size means the same
-thing for both. Reported: how many starts reach ``|x - x*| < tol``, the
-iterations they need, and the final distance to the minimum.
+components. Every method is a rule, trained by the library's one route
+(``sa.weighted_value_and_grad`` and ``sa.track_weights``): equal weights are
+``sa.equal_weights(K, scale_by_num_losses=False)``, ``1/K`` each (the gradient
+of the mean); the other fixed weightings are ``sa.fixed_weights(w)`` over a
+vmapped grid of ``w`` summing to 1; every SoftAdapt weight vector also sums to
+1, so the step size means the same thing for all. Reported: how many starts
+reach ``|x - x*| < tol``, the iterations they need, and the final distance to
+the minimum.
 
 Everything of one (function, optimizer, variant, order) is one compiled
-``lax.scan`` vmapped over the betas and the starting points.
+``lax.scan`` vmapped over the betas (or the fixed weights) and the starting
+points.
 
 Run (from the repository root)::
 
@@ -34,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import softadapt_jax as sa
 from examples.studies import _common as C
 
 VARIANTS = ("original", "normalized", "loss_weighted")
@@ -97,34 +103,43 @@ class Result(NamedTuple):
 
 def run(
     problem: Problem,
-    make_method: Callable[[jax.Array], C.Method],
-    tx: optax.GradientTransformation,
+    make_rule: Callable[[jax.Array], sa.LossWeighting],
+    opt: optax.GradientTransformation,
     starts: jax.Array,
     betas: jax.Array,
     steps: int,
     tol: float,
     every: int,
 ) -> Result:
-  """All betas x starts of one method family in one vmapped, jitted scan."""
+  """All betas x starts of one method family in one vmapped, jitted scan.
+
+  ``make_rule(beta)`` builds the rule from one (traced) entry of ``betas``: a
+  SoftAdapt ``beta``, or a row of fixed weights.
+  """
   xstar = jnp.array(problem.minimum)
 
   def single(beta, x0):
-    method = make_method(beta)
-    step = C.make_step(problem.loss, method, tx)
+    rule = make_rule(beta)
+    tx = optax.chain(sa.track_weights(rule), opt)
+    grad_fn = sa.weighted_value_and_grad(problem.loss, rule)
 
     def inner(carry, _):
-      state, t, first = carry
-      state, (_, w) = step(state, None)
-      dist = jnp.linalg.norm(state[0] - xstar)
+      (params, opt_state), t, first = carry
+      out = grad_fn(opt_state, params)  # one forward + one backward pass
+      updates, opt_state = tx.update(
+          out.grad, opt_state, params, weighting_state=out.state
+      )
+      params = optax.apply_updates(params, updates)
+      dist = jnp.linalg.norm(params - xstar)
       first = jnp.where((first < 0) & (dist < tol), t + 1, first)
-      return (state, t + 1, first), w
+      return ((params, opt_state), t + 1, first), out.weights
 
     def outer(carry, _):
       carry, w = jax.lax.scan(inner, carry, None, length=every)
       params = carry[0][0]
       return carry, (jnp.linalg.norm(params - xstar), params, w[-1])
 
-    state = (x0, tx.init(x0), method.init(jax.random.key(0)))
+    state = (x0, tx.init(x0))
     carry = (state, jnp.int32(0), jnp.int32(-1))
     (state, _, first), (dist, path, w) = jax.lax.scan(
         outer, carry, None, length=steps // every
@@ -237,16 +252,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for opt in ("adam", "sgd"):
       tx = _optimizer(opt, problem.lr[opt])
       results: dict[str, Result] = {}
-      grid = [tuple([1.0 / k] * k), *fixed_grid(k)]  # equal weights first
-      res = run(problem, C.fixed, tx, starts, jnp.asarray(grid), args.steps,
-                args.tol, every)
+      equal = lambda _: sa.equal_weights(k, scale_by_num_losses=False)
+      res = run(problem, equal, tx, starts, jnp.zeros(1), args.steps, args.tol,
+                every)
       results["equal weights"] = _pick(res, 0)
-      for i, w in enumerate(grid[1:], start=1):
+      grid = fixed_grid(k)  # one vmapped program over the grid of weights
+      res = run(problem, sa.fixed_weights, tx, starts, jnp.asarray(grid),
+                args.steps, args.tol, every)
+      for i, w in enumerate(grid):
         results["fixed " + ", ".join(f"{x:g}" for x in w)] = _pick(res, i)
       for variant in variants:
         for order in orders:
           make = functools.partial(
-              lambda b, v, o: C.softadapt(k, beta=b, variant=v, order=o),
+              lambda b, v, o: sa.softadapt(k, beta=b, variant=v, order=o),
               v=variant, o=order,
           )
           res = run(problem, make, tx, starts, betas_arr, args.steps, args.tol, every)

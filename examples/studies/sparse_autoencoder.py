@@ -9,8 +9,11 @@ the held-out 20 % of the digits: the reconstruction MSE, the fraction of code
 entries that are exactly zero, and the accuracy of a logistic-regression
 classifier (scikit-learn, on standardised codes, fitted on the training codes).
 
+Every method is a rule trained by the library's one route
+(``sa.weighted_value_and_grad`` and ``sa.track_weights``): the fixed rows are
+``sa.fixed_weights([1, lambda])``, the others ``sa.softadapt(2, beta=...)``.
 Each method is one jitted ``lax.scan`` vmapped over the seeds and its grid
-(lambdas, or betas).
+(lambdas, or betas), the rule built from the traced grid value.
 
 Run (from the repository root)::
 
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import softadapt_jax as sa
 from examples.studies import _common as C
 from examples.studies import _digits as D
 
@@ -59,7 +63,7 @@ def loss_components(params: Any, x: jax.Array, scale: float = 1.0) -> jax.Array:
 
 
 def train_many(
-    make_method: Callable[[jax.Array], C.Method],
+    make_rule: Callable[[jax.Array], sa.LossWeighting],
     hypers: jax.Array,
     seeds: jax.Array,
     x: jax.Array,
@@ -68,22 +72,32 @@ def train_many(
     every: int,
     scale: float = 1.0,
 ):
-  """Trains every (hyper, seed) pair; returns params, losses and weights logs."""
-  tx = optax.adam(lr)
+  """Trains every (hyper, seed) pair; returns params, losses and weights logs.
+
+  ``make_rule(hyper)`` builds the rule from one (traced) value of ``hypers``.
+  """
   loss_fn = lambda p, x: loss_components(p, x, scale)
 
   def single(hyper, seed):
     params = D.init_mlp(jax.random.key(seed), [64, CODE, 64])
-    method = make_method(hyper)
-    step = C.make_step(loss_fn, method, tx)
+    rule = make_rule(hyper)
+    tx = optax.chain(sa.track_weights(rule), optax.adam(lr))
+    grad_fn = sa.weighted_value_and_grad(loss_fn, rule)
+
+    def step(carry, _):
+      params, opt_state = carry
+      out = grad_fn(opt_state, params, x)  # one forward + one backward pass
+      updates, opt_state = tx.update(
+          out.grad, opt_state, params, weighting_state=out.state
+      )
+      params = optax.apply_updates(params, updates)
+      return (params, opt_state), (out.losses, out.weights)
 
     def outer(carry, _):
-      carry, (losses, w) = jax.lax.scan(
-          lambda c, _: step(c, x), carry, None, length=every
-      )
+      carry, (losses, w) = jax.lax.scan(step, carry, None, length=every)
       return carry, (losses[-1], w[-1])
 
-    carry = (params, tx.init(params), method.init(jax.random.key(seed)))
+    carry = (params, tx.init(params))
     carry, logs = jax.lax.scan(outer, carry, None, length=steps // every)
     return carry[0], logs
 
@@ -129,21 +143,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     runs[name] = jax.tree.map(lambda a: a[i], (params, logs))
 
   out = train_many(
-      lambda lam: C.fixed(jnp.stack([1.0, lam])), jnp.asarray(lambdas), seeds, x,
-      args.steps, args.lr, every,
+      lambda lam: sa.fixed_weights(jnp.stack([1.0, lam])), jnp.asarray(lambdas),
+      seeds, x, args.steps, args.lr, every,
   )
   for i, lam in enumerate(lambdas):
     unpack(f"fixed lambda {lam:g}", out, i)
   for variant in variants:
     out = train_many(
-        lambda b, v=variant: C.softadapt(2, beta=b, variant=v),
+        lambda b, v=variant: sa.softadapt(2, beta=b, variant=v),
         jnp.asarray(betas), seeds, x, args.steps, args.lr, every,
     )
     for i, beta in enumerate(betas):
       unpack(f"SoftAdapt {variant}, beta {beta:g}", out, i)
   for variant in variants if args.smoke else ("original", "loss_weighted"):
     out = train_many(
-        lambda b, v=variant: C.softadapt(2, beta=b, variant=v),
+        lambda b, v=variant: sa.softadapt(2, beta=b, variant=v),
         jnp.asarray(betas), seeds, x, args.steps, args.lr, every, scale=LAMBDA0,
     )
     for i, beta in enumerate(betas):

@@ -4,10 +4,13 @@ The VAE ``64 -> 128 -> (mu, log var) in R^8 -> 128 -> 64`` (ReLU, Bernoulli
 decoder) is trained with Adam on minibatches of 128 on the two components
 ``[reconstruction, KL]``: the binary cross-entropy summed over the pixels and
 the KL divergence to ``N(0, I)``, both averaged over the batch. Fixed weighting
-is ``recon + b * KL`` for a beta-VAE grid of ``b`` (``b = 1`` is the ELBO);
-SoftAdapt sets the two weights (summing to 1) from the loss history, either
-every step from the minibatch losses or once per epoch from the epoch means
-(the cadence of the reference's Keras callback). Reported on the held-out 20 %
+is ``recon + b * KL`` for a beta-VAE grid of ``b`` (``b = 1`` is the ELBO),
+the rule ``sa.fixed_weights([1, b])``; SoftAdapt sets the two weights (summing
+to 1) from the loss history, either every step from the minibatch losses
+(``sa.softadapt(2, ...)``) or once per epoch from the epoch means
+(``sa.per_epoch(sa.softadapt(2, ...), steps_per_epoch)``, the cadence of the
+reference's Keras callback). Every rule is trained by the library's one route
+(``sa.weighted_value_and_grad`` and ``sa.track_weights``). Reported on the held-out 20 %
 of the digits (decoded from the posterior mean): the reconstruction MSE, SSIM
 and PSNR (``dm_pix``, a maintained JAX implementation; 8x8 images, so a 7x7
 Gaussian window), the KL term (a VAE whose KL is not kept small is an
@@ -32,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import softadapt_jax as sa
 from examples.studies import _common as C
 from examples.studies import _digits as D
 
@@ -67,21 +71,33 @@ def loss_components(params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Arra
 
 
 def make_train(
-    make_method: Callable[[jax.Array], C.Method],
+    make_rule: Callable[[jax.Array], sa.LossWeighting],
     x: jax.Array,
     epochs: int,
     lr: float,
 ) -> Callable[[jax.Array, jax.Array], Any]:
-  """``train(hyper, seed) -> (params, (epoch-mean losses, last weights))``."""
-  tx = optax.adam(lr)
+  """``train(hyper, seed) -> (params, (epoch-mean losses, last weights))``.
+
+  ``make_rule(hyper)`` builds the rule from the (traced) hyperparameter.
+  """
   steps = x.shape[0] // BATCH
 
   def train(hyper, seed):
     key = jax.random.key(seed)
     k_init, k_data = jax.random.split(key)
     params = init_params(k_init)
-    method = make_method(hyper)
-    step = C.make_step(loss_components, method, tx)
+    rule = make_rule(hyper)
+    tx = optax.chain(sa.track_weights(rule), optax.adam(lr))
+    grad_fn = sa.weighted_value_and_grad(loss_components, rule)
+
+    def step(carry, batch):
+      params, opt_state = carry
+      out = grad_fn(opt_state, params, batch)  # one forward + one backward pass
+      updates, opt_state = tx.update(
+          out.grad, opt_state, params, weighting_state=out.state
+      )
+      params = optax.apply_updates(params, updates)
+      return (params, opt_state), (out.losses, out.weights)
 
     def epoch(carry, key):
       k_perm, k_noise = jax.random.split(key)
@@ -91,7 +107,7 @@ def make_train(
       carry, (losses, w) = jax.lax.scan(step, carry, (xb, noise))
       return carry, (jnp.mean(losses, axis=0), w[-1])
 
-    carry = (params, tx.init(params), method.init(key))
+    carry = (params, tx.init(params))
     carry, logs = jax.lax.scan(epoch, carry, jax.random.split(k_data, epochs))
     return carry[0], logs
 
@@ -132,16 +148,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   steps_per_epoch = x.shape[0] // BATCH
   wall = time.perf_counter()
 
-  configs: list[tuple[str, Callable[[jax.Array], C.Method], list[float]]] = [
-      ("fixed KL weight", lambda b: C.fixed(jnp.stack([1.0, b])), list(kl_weights))
+  configs: list[tuple[str, Callable[[jax.Array], sa.LossWeighting], list[float]]]
+  configs = [
+      ("fixed KL weight", lambda b: sa.fixed_weights(jnp.stack([1.0, b])),
+       list(kl_weights))
   ]
   for variant in variants:
     for cadence in cadences:
       if cadence:
-        make = lambda b, v=variant: C.softadapt(2, beta=b, variant=v)
+        make = lambda b, v=variant: sa.softadapt(2, beta=b, variant=v)
       else:
-        make = lambda b, v=variant: C.per_epoch(
-            C.softadapt(2, beta=b, variant=v), 2, steps_per_epoch
+        make = lambda b, v=variant: sa.per_epoch(
+            sa.softadapt(2, beta=b, variant=v), steps_per_epoch
         )
       label = f"SoftAdapt {variant}" + ("" if cadence else " per epoch")
       configs.append((label, make, list(betas)))
