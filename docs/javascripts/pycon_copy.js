@@ -6,18 +6,24 @@
 (function () {
   "use strict";
 
-  // The code of a console session: the prompted lines without their prompts.
-  // Text without a ">>>" line is returned unchanged.
+  // The code of a console session: the prompted lines without their prompts,
+  // as doctest reads them: a ">>> " line starts a statement, the "... " lines
+  // right after it continue it, and every other line is output (a "..." in an
+  // expected traceback included). Text without a ">>>" line is returned as is.
   function pyconSource(text) {
     var lines = text.replace(/\r\n?/g, "\n").split("\n");
     var code = [];
     var prompted = false;
+    var inStatement = false;
     for (var i = 0; i < lines.length; i++) {
-      var match = /^(?:>>>|\.\.\.)(?: (.*))?$/.exec(lines[i]);
+      var first = /^>>>(?: (.*))?$/.exec(lines[i]);
+      var more = inStatement ? /^\.\.\.(?: (.*))?$/.exec(lines[i]) : null;
+      var match = first || more;
       if (match) {
         prompted = true;
         code.push(match[1] === undefined ? "" : match[1]);
       }
+      inStatement = Boolean(match);
     }
     return prompted ? code.join("\n").replace(/\s+$/, "") : text;
   }
