@@ -164,6 +164,42 @@ def test_site_makes_no_external_request(site):
   assert maths.count('class="arithmatex"') > 20
 
 
+def test_katex_renders_every_formula(site):
+  """Every formula of the site is valid KaTeX (run by Node.js on the vendored copy)."""
+  formulas = []
+  for path in sorted(site.rglob("*.html")):
+    for _, body in re.findall(
+        r'<(span|div) class="arithmatex">(.*?)</\1>', path.read_text(), re.S
+    ):
+      formulas.append([str(path.relative_to(site)), html.unescape(body)])
+  assert len(formulas) > 100
+  api = [f for f in formulas if f[0] == "api/index.html"]
+  assert len(api) > 5  # the docstrings' ``.. math::`` blocks
+  node = shutil.which("node")
+  if node is None:
+    pytest.skip("Node.js is not installed: the formulas are not rendered")
+  katex = site / "assets" / "katex" / "katex.min.js"
+  program = (
+      f"const katex = require({json.dumps(str(katex))});"
+      "const cases = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+      "const bad = [];"
+      "for (const [page, body] of cases) {"
+      "  const inline = body.match(/^\\\\\\(([\\s\\S]*)\\\\\\)$/);"
+      "  const display = body.match(/^\\\\\\[([\\s\\S]*)\\\\\\]$/);"
+      "  const tex = inline || display;"
+      "  if (!tex) { bad.push([page, 'not wrapped', body]); continue; }"
+      "  try { katex.renderToString(tex[1], {throwOnError: true, displayMode: !!display}); }"
+      "  catch (e) { bad.push([page, e.message, body]); }"
+      "}"
+      "process.stdout.write(JSON.stringify(bad));"
+  )
+  result = subprocess.run(
+      [node, "-e", program], input=json.dumps(formulas), capture_output=True,
+      text=True, timeout=120, check=True,
+  )
+  assert json.loads(result.stdout) == []
+
+
 def _pycon_blocks_in_html(text: str, *, console_class: bool) -> list[str]:
   """The text of each console code block of a built page."""
   if console_class:
