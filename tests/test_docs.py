@@ -134,7 +134,9 @@ def test_site_makes_no_external_request(site):
   external = []
   for path in pages:
     text = path.read_text()
-    external += [f"{path.relative_to(site)}: {m.group(0)}" for m in _LOADS.finditer(text)]
+    external += [
+        f"{path.relative_to(site)}: {m.group(0)}" for m in _LOADS.finditer(text)
+    ]
     external += [
         f"{path.relative_to(site)}: inline style {m.group(0)}"
         for m in _CSS_EXTERNAL.finditer(text)
@@ -154,7 +156,9 @@ def test_site_makes_no_external_request(site):
     if path.name != "index.html" or "assets" in path.relative_to(site).parts:
       continue
     text = path.read_text()
-    for name in ("katex.min.js", "katex.min.css", "auto-render.min.js", "javascripts/katex.js"):
+    for name in (
+        "katex.min.js", "katex.min.css", "auto-render.min.js", "javascripts/katex.js"
+    ):
       assert name in text, (path, name)
   fonts = set(re.findall(r"url\(([^)]+)\)", (katex / "katex.min.css").read_text()))
   assert fonts
@@ -188,7 +192,8 @@ def test_katex_renders_every_formula(site):
       "  const display = body.match(/^\\\\\\[([\\s\\S]*)\\\\\\]$/);"
       "  const tex = inline || display;"
       "  if (!tex) { bad.push([page, 'not wrapped', body]); continue; }"
-      "  try { katex.renderToString(tex[1], {throwOnError: true, displayMode: !!display}); }"
+      "  try { katex.renderToString("
+      "    tex[1], {throwOnError: true, displayMode: !!display}); }"
       "  catch (e) { bad.push([page, e.message, body]); }"
       "}"
       "process.stdout.write(JSON.stringify(bad));"
@@ -203,10 +208,16 @@ def test_katex_renders_every_formula(site):
 def _pycon_blocks_in_html(text: str, *, console_class: bool) -> list[str]:
   """The text of each console code block of a built page."""
   if console_class:
-    pattern = r'<div class="language-pycon highlight"[^>]*><pre[^>]*>(?:<span></span>)?<code[^>]*>(.*?)</code>'
+    pattern = (
+        r'<div class="language-pycon highlight"[^>]*>'
+        r"<pre[^>]*>(?:<span></span>)?<code[^>]*>(.*?)</code>"
+    )
   else:
     pattern = r"<pre[^>]*>(?:<span></span>)?<code[^>]*>(.*?)</code>"
-  blocks = [html.unescape(re.sub(r"<[^>]+>", "", b)) for b in re.findall(pattern, text, re.S)]
+  blocks = [
+      html.unescape(re.sub(r"<[^>]+>", "", b))
+      for b in re.findall(pattern, text, re.S)
+  ]
   return [b for b in blocks if b.lstrip().startswith(">>>")]
 
 
@@ -223,8 +234,9 @@ def test_copy_buttons_copy_code_without_prompts_or_output(site):
   script = (site / "javascripts" / "pycon_copy.js").read_text()
   # mkdocs-material copies the `data-copy` attribute of the code element when
   # it has one; the script sets it on the console blocks.
-  assert "language-pycon" in script and "data-copy" in script
-  for page in PAGES_WITH_EXAMPLES + ("api.md",):
+  assert "language-pycon" in script
+  assert "data-copy" in script
+  for page in (*PAGES_WITH_EXAMPLES, "api.md"):
     assert "javascripts/pycon_copy.js" in _built(site, page).read_text(), page
   # The built console blocks carry the class the script looks for, and their
   # text is the page's block.
