@@ -4,8 +4,8 @@ The SoftAdapt direction ``h = sum_k alpha_k grad f_k`` computed four ways, on
 the same model, batch and weights, timed side by side (interleaved ABCD...,
 the order flipped every other repeat; medians of the repeats):
 
-- ``one-VJP``: ours, ``sa.softadapt_value_and_grad``: one forward, one
-  backward pass with the weights as the cotangent (``K`` gradients never
+- ``one-VJP``: ours, ``sa.weighted_value_and_grad(f, rule)``: one forward,
+  one backward pass with the weights as the cotangent (``K`` gradients never
   formed);
 - ``jacrev``: ``jax.jacrev`` of the loss vector (``K`` stacked gradients:
   one forward, ``K`` vmapped backward passes), then contracted with the
@@ -18,9 +18,9 @@ the order flipped every other repeat; medians of the repeats):
   the components have separate batches): the best a per-component loop can
   do.
 
-Every variant computes the losses, ``sa.softadapt_weights`` (loss-weighted,
-beta 0.1, order 1, from the same recorded state) and the direction, jitted as
-one program. Problems:
+Every variant computes the losses, the weights of the same rule
+(``sa.softadapt(K, beta=0.1, variant="loss_weighted")``, order 1, from the same
+recorded state: ``rule.update``) and the direction, jitted as one program. Problems:
 
 - (a) shared forward pass: ``mlp``, K regression heads on one trunk
   (32 -> 256 -> 256 -> 256 -> K, GELU, batch 256): every component needs the
@@ -123,12 +123,16 @@ def _weighted_sum(weights: jax.Array, grads: list[Any]) -> Any:
       lambda *gs: sum(weights[k] * g for k, g in enumerate(gs)), *grads)
 
 
+def make_rule(num_losses: int) -> sa.LossWeighting:
+  return sa.softadapt(num_losses, beta=BETA, variant=VARIANT)
+
+
 def directions(problem: C.Problem) -> dict[str, Callable[..., Any]]:
   """name -> ``f(state, params, batch) -> (direction, losses)``."""
   f, k_num = problem.loss_vec_fn, problem.num_losses
-  weights_fn = lambda state, losses: sa.softadapt_weights(
-      state, losses, beta=BETA, variant=VARIANT)[0]
-  vjp_route = sa.softadapt_value_and_grad(f, beta=BETA, variant=VARIANT)
+  rule = make_rule(k_num)
+  weights_fn = lambda state, losses: rule.update(state, losses)[0]
+  vjp_route = sa.weighted_value_and_grad(f, rule)
 
   def one_vjp(state, params, batch):
     out = vjp_route(state, params, batch)
@@ -168,11 +172,11 @@ def directions(problem: C.Problem) -> dict[str, Callable[..., Any]]:
 def bench_problem(problem: C.Problem, reps: int, min_time: float):
   """Compiles, checks and times every variant on one problem."""
   batch = problem.fixed
-  state = sa.init_state(problem.num_losses, order=1)
+  rule = make_rule(problem.num_losses)
+  state = rule.init()
   # A recorded history, so that the weights are not the warm-up ones.
   losses0 = jax.jit(problem.loss_vec_fn)(problem.params, batch)
-  _, state = sa.softadapt_weights(state, losses0 * 1.1, beta=BETA,
-                                  variant=VARIANT)
+  _, state = rule.update(state, losses0 * 1.1)
   args = (state, problem.params, batch)
   compiled, compile_s, mem = {}, {}, {}
   for name, fn in directions(problem).items():

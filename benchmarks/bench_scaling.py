@@ -1,12 +1,13 @@
 """Benchmark: the cost of the weight computation itself, against K and order.
 
-``sa.softadapt_weights`` (loss-weighted, beta 0.1) called once per step
-inside a jitted ``lax.scan`` over a ``[steps, K]`` array of loss vectors (each
-step records a new vector, so nothing can be hoisted out of the loop): time
-per call for K = 2 .. 4096 at order 1, and for order 1 .. 10 at K = 4 and
-K = 1024. Memory: the state's size (``count``, a ``[order + 1, K]`` history,
-``[K]`` weights, ``num_skipped``) and XLA's scratch (``temp``) buffer of one
-jitted call (``compiled.memory_analysis()``).
+The SoftAdapt rule's ``update`` (``sa.softadapt(K, order=p, beta=0.1,
+variant="loss_weighted")``, the same code as ``sa.softadapt_weights``) called
+once per step inside a jitted ``lax.scan`` over a ``[steps, K]`` array of
+loss vectors (each step records a new vector, so nothing can be hoisted out of
+the loop): time per call for K = 2 .. 4096 at order 1, and for order 1 .. 10
+at K = 4 and K = 1024. Memory: the state's size (``count``, a
+``[order + 1, K]`` history, ``[K]`` weights, ``num_skipped``) and XLA's
+scratch (``temp``) buffer of one jitted call (``compiled.memory_analysis()``).
 
 For scale, the same table prints the cost of one gradient of a small model
 in the same kind of scanned loop (a fresh batch every step): the MLP
@@ -40,17 +41,21 @@ BETA = 0.1
 VARIANT = "loss_weighted"
 
 
+def make_rule(k: int, order: int) -> sa.LossWeighting:
+  return sa.softadapt(k, order=order, beta=BETA, variant=VARIANT)
+
+
 def weights_program(k: int, order: int, steps: int):
   """A compiled scan of ``steps`` calls; returns ``(compiled, args)``."""
+  rule = make_rule(k, order)
 
   def run(state, losses):
     def body(state, loss_vec):
-      w, state = sa.softadapt_weights(state, loss_vec, beta=BETA,
-                                      variant=VARIANT)
+      w, state = rule.update(state, loss_vec)
       return state, w[0]
     return jax.lax.scan(body, state, losses)
 
-  state = sa.init_state(k, order=order)
+  state = rule.init()
   losses = jax.random.uniform(jax.random.PRNGKey(k + order), (steps, k)) + 0.5
   args = (state, losses)
   return jax.jit(run).lower(*args).compile(), args
@@ -70,16 +75,16 @@ def baseline_program(k: int, steps: int):
 
 
 def single_call_memory(k: int, order: int) -> dict[str, int]:
-  state = sa.init_state(k, order=order)
+  rule = make_rule(k, order)
+  state = rule.init()
   losses = jnp.ones((k,))
-  fn = jax.jit(lambda s, x: sa.softadapt_weights(s, x, beta=BETA,
-                                                 variant=VARIANT))
+  fn = jax.jit(rule.update)
   return C.memory(fn.lower(state, losses).compile())
 
 
 def state_bytes(k: int, order: int) -> int:
   return sum(x.size * x.dtype.itemsize
-             for x in jax.tree.leaves(sa.init_state(k, order=order)))
+             for x in jax.tree.leaves(make_rule(k, order).init()))
 
 
 def gradient_program(steps: int, tiny: bool):
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return int(min(2000, max(50, budget // k)))
 
   C.print_header(
-      "Scaling of softadapt_weights",
+      "Scaling of the SoftAdapt rule's update (softadapt_weights)",
       f"variant={VARIANT}, beta={BETA}, float32, {args.reps} repeats "
       "(interleaved with the baseline scan), steps per call "
       f"min(2000, max(50, {budget:.0e} / K))")

@@ -4,9 +4,10 @@ Three measurements, side by side in one run, printed as markdown tables:
 
 1. Overhead. A jitted training step run inside ``jax.lax.scan`` (``--steps``
    steps per jitted call; time per step = wall / steps) with SoftAdapt through
-   the one-VJP route (``softadapt_value_and_grad`` + ``softadapt_track`` +
-   ``optax.adam``), against the same step with a fixed-weight sum
-   (``jax.value_and_grad`` of ``dot(w_fixed, losses)`` + ``optax.adam``). The
+   the library's one route (``sa.weighted_value_and_grad(fun, rule)`` +
+   ``optax.chain(sa.track_weights(rule), optax.adam)``, the rule
+   ``sa.softadapt(K, ...)``), against the same step on the plain sum
+   (``jax.value_and_grad`` of ``sum(losses)`` + ``optax.adam``, no library). The
    variants are timed interleaved (ABAB..., the order flipped every other
    repeat) so that drift and noise on a small machine hit both alike; the
    table reports the median and the min per step and their ratios, plus the
@@ -22,17 +23,12 @@ Three measurements, side by side in one run, printed as markdown tables:
      split into ``K - 1`` residual terms (strips of the square) plus one
      boundary term on 128 points.
 
-2. Every weighting rule, K = 4. The weighting is pluggable: any object with
-   ``rule.init()`` and ``rule.update(state, losses) -> (weights, state)``
-   (jittable) goes into the same scanned step, through the library's
-   ``sa.weighted_value_and_grad(fun, rule)`` + ``sa.track_weights(rule)`` when
-   this version of ``softadapt_jax`` has them, else through the protocol
-   alone (``jax.vjp`` of the loss vector, ``rule.update``, the VJP with the
-   weights). The rules are looked up by name in ``softadapt_jax``
-   (``softadapt``, ``ratio_softadapt``, ``dwa``, ``relobralo``,
-   ``random_weighting``, ``softadapt(log_losses=True)``); a missing one is
-   listed as such. ``softadapt_weights`` behind a small adapter class always
-   runs, so the route is measured even before the family exists.
+2. Every weighting rule, K = 4, through the same route and the same scanned
+   step, next to the plain sum: ``equal_weights`` (weights 1 each: the plain
+   sum's direction, so its row is the cost of the route itself),
+   ``fixed_weights``, ``softadapt``, ``softadapt(log_losses=True)``,
+   ``per_epoch(softadapt, 10)``, ``ratio_softadapt``, ``dwa``, ``relobralo``
+   and ``random_weighting`` (:data:`RULES`).
 
 3. Versus the reference on the host. A Python loop that, every step, runs a
    jitted forward for the loss vector, asks the reference package's
@@ -118,32 +114,59 @@ MODELS: dict[str, tuple[Callable[[int, int, bool], Problem], int]] = {
 # is the scan carry, ``step(carry, batch) -> (carry, weights or None)``.
 
 
-def make_softadapt_loop(problem: Problem):
-  """Ours, the one-VJP route: softadapt_value_and_grad + softadapt_track."""
-  tx = optax.chain(
-      sa.softadapt_track(problem.num_losses, order=ORDER, beta=BETA,
-                         variant=VARIANT, epsilon=EPSILON),
-      optax.adam(LEARNING_RATE),
-  )
-  grad_fn = sa.softadapt_value_and_grad(problem.loss_vec_fn, beta=BETA,
-                                        variant=VARIANT, epsilon=EPSILON)
-
-  def step(carry, batch):
-    params, opt_state = carry
-    out = grad_fn(opt_state, params, batch)
-    updates, opt_state = tx.update(out.grad, opt_state, params,
-                                   losses=out.losses)
-    return (optax.apply_updates(params, updates), opt_state), out.weights
-
-  return (lambda params: (params, tx.init(params))), step
+def softadapt_rule(k: int) -> sa.LossWeighting:
+  """The SoftAdapt rule of tables 1 and 3 (the oracle's settings)."""
+  return sa.softadapt(k, beta=BETA, variant=VARIANT, order=ORDER,
+                      epsilon=EPSILON)
 
 
-def make_fixed_loop(problem: Problem):
-  """The baseline: value_and_grad of a fixed-weight sum + adam."""
+# label -> the rule for K losses. Tables 2 times each through the route.
+RULES: dict[str, Callable[[int], sa.LossWeighting]] = {
+    "equal_weights": lambda k: sa.equal_weights(k),
+    "fixed_weights": lambda k: sa.fixed_weights(jnp.full((k,), 1.0 / k)),
+    "softadapt": softadapt_rule,
+    "softadapt(log_losses=True)": lambda k: sa.softadapt(
+        k, beta=BETA, order=ORDER, log_losses=True),
+    "per_epoch(softadapt, 10)": lambda k: sa.per_epoch(softadapt_rule(k), 10),
+    "ratio_softadapt": lambda k: sa.ratio_softadapt(k),
+    "dwa": lambda k: sa.dwa(k),
+    "relobralo": lambda k: sa.relobralo(k),
+    "random_weighting": lambda k: sa.random_weighting(k),
+}
+# Always timed in table 2: the plain sum (no library, the baseline) and the
+# same direction through the route (equal weights 1 each).
+BASELINE = "plain sum"
+ALWAYS = (BASELINE, "equal_weights")
+
+
+def make_rule_loop(make_rule: Callable[[int], sa.LossWeighting]):
+  """A rule through the one route: ``sa.weighted_value_and_grad(fun, rule)``
+  and ``optax.chain(sa.track_weights(rule), optax.adam)``."""
+
+  def make(problem: Problem):
+    rule = make_rule(problem.num_losses)
+    tx = optax.chain(sa.track_weights(rule), optax.adam(LEARNING_RATE))
+    grad_fn = sa.weighted_value_and_grad(problem.loss_vec_fn, rule)
+
+    def step(carry, batch):
+      params, opt_state = carry
+      out = grad_fn(opt_state, params, batch)
+      updates, opt_state = tx.update(out.grad, opt_state, params,
+                                     weighting_state=out.state)
+      return (optax.apply_updates(params, updates), opt_state), out.weights
+
+    return (lambda params: (params, tx.init(params))), step
+
+  return make
+
+
+make_softadapt_loop = make_rule_loop(softadapt_rule)
+
+
+def make_plain_loop(problem: Problem):
+  """The baseline: ``jax.value_and_grad`` of the plain sum + adam, no library."""
   tx = optax.adam(LEARNING_RATE)
-  w_fixed = jnp.full((problem.num_losses,), 1.0 / problem.num_losses)
-  vg = jax.value_and_grad(
-      lambda p, b: jnp.dot(w_fixed, problem.loss_vec_fn(p, b)))
+  vg = jax.value_and_grad(lambda p, b: jnp.sum(problem.loss_vec_fn(p, b)))
 
   def step(carry, batch):
     params, opt_state = carry
@@ -154,103 +177,13 @@ def make_fixed_loop(problem: Problem):
   return (lambda params: (params, tx.init(params))), step
 
 
-def make_rule_loop_library(rule: Any):
-  """A rule through ``sa.weighted_value_and_grad`` + ``sa.track_weights``."""
-
-  def make(problem: Problem):
-    tx = optax.chain(sa.track_weights(rule), optax.adam(LEARNING_RATE))
-    grad_fn = sa.weighted_value_and_grad(problem.loss_vec_fn, rule)
-
-    def step(carry, batch):
-      params, opt_state = carry
-      out = grad_fn(opt_state, params, batch)
-      updates, opt_state = tx.update(out.grad, opt_state, params,
-                                     losses=out.losses)
-      return (optax.apply_updates(params, updates), opt_state), out.weights
-
-    return (lambda params: (params, tx.init(params))), step
-
-  return make
-
-
-def make_rule_loop_protocol(rule: Any):
-  """A rule through its protocol alone: one ``jax.vjp``, ``rule.update``."""
-
-  def make(problem: Problem):
-    tx = optax.adam(LEARNING_RATE)
-
-    def step(carry, batch):
-      params, opt_state, rule_state = carry
-      losses, vjp_fn = jax.vjp(lambda p: problem.loss_vec_fn(p, batch), params)
-      weights, rule_state = rule.update(rule_state, losses)
-      (grad,) = vjp_fn(jax.lax.stop_gradient(weights).astype(losses.dtype))
-      updates, opt_state = tx.update(grad, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      return (params, opt_state, rule_state), weights
-
-    return (lambda params: (params, tx.init(params), rule.init())), step
-
-  return make
-
-
-class SoftAdaptWeightsRule:
-  """``sa.softadapt_weights`` behind the rule protocol (init / update)."""
-
-  def __init__(self, num_losses: int):
-    self.num_losses = num_losses
-
-  def init(self, key: jax.Array | None = None) -> sa.SoftAdaptState:
-    del key
-    return sa.init_state(self.num_losses, order=ORDER)
-
-  def update(self, state: sa.SoftAdaptState, losses: jax.Array):
-    return sa.softadapt_weights(state, losses, beta=BETA, variant=VARIANT,
-                                epsilon=EPSILON)
-
-
-# (label, name in softadapt_jax, keyword arguments besides K)
-FAMILY: list[tuple[str, str, dict[str, Any]]] = [
-    ("softadapt", "softadapt",
-     {"beta": BETA, "variant": VARIANT, "order": ORDER}),
-    ("softadapt(log_losses=True)", "softadapt",
-     {"beta": BETA, "order": ORDER, "log_losses": True}),
-    ("ratio_softadapt", "ratio_softadapt", {}),
-    ("dwa", "dwa", {}),
-    ("relobralo", "relobralo", {}),
-    ("random_weighting", "random_weighting", {}),
-]
-
-
-def family_loops(k: int, both_routes: bool = False,
-                 only: list[str] | None = None) -> list[tuple[str, str, Any]]:
-  """``(label, route, make_loop or an error string)`` for every rule.
-
-  The library route where the library has it (and the protocol route too with
-  ``both_routes``), else the protocol route.
-  """
-  out: list[tuple[str, str, Any]] = [
-      ("softadapt_weights (adapter class)", "protocol",
-       make_rule_loop_protocol(SoftAdaptWeightsRule(k)))]
-  library = hasattr(sa, "weighted_value_and_grad") and hasattr(
-      sa, "track_weights")
-  for label, name, kwargs in FAMILY:
-    if only is not None and label not in only:
-      continue
-    factory = getattr(sa, name, None)
-    if factory is None:
-      out.append((label, "-", f"not in softadapt_jax {sa.__version__}"))
-      continue
-    try:
-      rule = factory(k, **kwargs)
-      rule.init()
-    except Exception as e:  # reported in the table
-      out.append((label, "-", f"{type(e).__name__}: {e}"))
-      continue
-    if library:
-      out.append((label, "library", make_rule_loop_library(rule)))
-    if both_routes or not library:
-      out.append((label, "protocol", make_rule_loop_protocol(rule)))
-  return out
+def rule_loops(only: list[str] | None = None) -> dict[str, Any]:
+  """``{label: make_loop}``: the plain sum, equal weights, then the rules."""
+  loops: dict[str, Any] = {BASELINE: make_plain_loop}
+  for label, make_rule in RULES.items():
+    if label in ALWAYS or only is None or label in only:
+      loops[label] = make_rule_loop(make_rule)
+  return loops
 
 
 def compile_scan(problem: Problem, make_loop, steps: int,
@@ -448,17 +381,17 @@ def time_oracle_call(oracle, k: int, calls: int) -> float:
 
 
 def time_weights_alone(k: int, steps: int, reps: int) -> float:
-  """Per step cost of ``softadapt_weights`` alone inside a scan."""
+  """Per step cost of the SoftAdapt rule's ``update`` alone inside a scan."""
+  rule = softadapt_rule(k)
 
   @jax.jit
   def run(state, losses):
     def body(state, loss_vec):
-      w, state = sa.softadapt_weights(state, loss_vec, beta=BETA, variant=VARIANT,
-                                      epsilon=EPSILON)
+      w, state = rule.update(state, loss_vec)
       return state, w
     return jax.lax.scan(body, state, losses)
 
-  state = sa.init_state(k, order=ORDER)
+  state = rule.init()
   losses = jax.random.uniform(jax.random.PRNGKey(0), (steps, k)) + 0.5
   time_call(run, (state, losses))
   return statistics.median(time_call(run, (state, losses)) / steps
@@ -485,11 +418,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                         "host"],
                       choices=["overhead", "rules", "host"])
   parser.add_argument("--rules-k", type=int, default=4)
-  parser.add_argument("--rules", nargs="+", default=None,
-                      choices=[label for label, _, _ in FAMILY],
-                      help="time only these rules (default: all)")
-  parser.add_argument("--both-routes", action="store_true",
-                      help="time every rule through the protocol route too")
+  parser.add_argument("--rules", nargs="+", default=None, choices=list(RULES),
+                      help="time only these rules (default: all; the plain "
+                      "sum and equal_weights always run)")
   parser.add_argument("--steps", type=int, default=None,
                       help="scan steps per timed call (default per model)")
   parser.add_argument("--reps", type=int, default=None,
@@ -503,7 +434,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if args.quick or args.tiny:
     steps = dict.fromkeys(MODELS, 3)
     reps, host_chunk, host_reps, check_steps = 2, 3, 2, 3
-    ks = args.ks if argv is not None and "--ks" in argv else [4]
+    given = sys.argv[1:] if argv is None else argv
+    ks = args.ks if "--ks" in given else [4]
   else:
     steps = {m: spec[1] for m, spec in MODELS.items()}
     reps, host_chunk, host_reps, check_steps, ks = 20, 50, 6, 50, args.ks
@@ -526,27 +458,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   compiled: dict[tuple[str, int], Any] = {}
   if "overhead" in args.sections:
-    print("## 1. Overhead of SoftAdapt (one-VJP route) over a fixed-weight "
-          "sum\n")
+    print("## 1. Overhead of SoftAdapt (one-VJP route) over the plain sum\n")
     print("Time per step inside `lax.scan`, microseconds. Ratios: SoftAdapt / "
-          "fixed; `paired` is the median of the per-repeat ratios and gives "
-          "the `overhead` column; `noise` is half the interquartile range of "
-          "the SoftAdapt times over their median. `flops` and `+fusions`: "
-          "XLA's cost analysis of the compiled step (SoftAdapt / fixed) and "
-          "the number of extra fused kernels in its optimized HLO: "
-          "noise-free.\n")
-    print("| model | K | SoftAdapt median | SoftAdapt min | fixed median | "
-          "fixed min | ratio (median) | ratio (min) | ratio (paired) | "
+          "plain sum; `paired` is the median of the per-repeat ratios and "
+          "gives the `overhead` column; `noise` is half the interquartile "
+          "range of the SoftAdapt times over their median. `flops` and "
+          "`+fusions`: XLA's cost analysis of the compiled step (SoftAdapt / "
+          "plain sum) and the number of extra fused kernels in its optimized "
+          "HLO: noise-free.\n")
+    print("| model | K | SoftAdapt median | SoftAdapt min | plain sum median | "
+          "plain sum min | ratio (median) | ratio (min) | ratio (paired) | "
           "overhead | noise | flops | +fusions |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model in args.models:
       for k in ks:
         t, comp = measure(
             make(model, k, steps[model]),
-            {"softadapt": make_softadapt_loop, "fixed": make_fixed_loop},
-            steps[model], reps, baseline="fixed")
+            {"softadapt": make_softadapt_loop, BASELINE: make_plain_loop},
+            steps[model], reps, baseline=BASELINE)
         compiled[model, k] = comp["softadapt"]
-        s, f = t["softadapt"], t["fixed"]
+        s, f = t["softadapt"], t[BASELINE]
         results["overhead"][model, k] = s.paired
         print(f"| {model} | {k} | {us(s.med)} | {us(s.min)} | {us(f.med)} | "
               f"{us(f.min)} | {s.med / f.med:.3f} | {s.min / f.min:.3f} | "
@@ -554,45 +485,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{s.spread * 100:.1f}% | {s.flops_ratio:.5f} | "
               f"{s.extra_fusions} |", flush=True)
     print()
-    print("SoftAdapt weights alone (`softadapt_weights` in a scan), per step: "
+    print("SoftAdapt weights alone (`rule.update` in a scan), per step: "
           + ", ".join(f"K={k}: {us(time_weights_alone(k, 2000, reps))} us"
                       for k in ks))
     print()
 
   if "rules" in args.sections:
     k = args.rules_k
-    loops = family_loops(k, args.both_routes, args.rules)
-    print(f"## 2. Every weighting rule over a fixed-weight sum, K={k}\n")
-    print("Same scanned step as table 1, the weighting swapped. `route`: "
-          "`library` = `sa.weighted_value_and_grad(fun, rule)` + "
-          "`sa.track_weights(rule)`; `protocol` = one `jax.vjp`, "
-          "`rule.update(state, losses)`, the VJP with the weights (no library "
-          "helper). All variants of a model are timed interleaved in one "
-          "measurement; `ratio` is the median of the per-repeat ratios to "
-          "the fixed-weight step.\n")
-    print("| model | rule | route | us/step (median) | ratio to fixed | "
+    loops = rule_loops(args.rules)
+    print(f"## 2. Every weighting rule over the plain sum, K={k}\n")
+    print("Same scanned step as table 1, the weighting swapped: every rule "
+          "through the one route, `sa.weighted_value_and_grad(fun, rule)` + "
+          "`optax.chain(sa.track_weights(rule), adam)`; `plain sum` is "
+          "`jax.value_and_grad` of the sum, no library, and `equal_weights` "
+          "computes the same direction through the route. All variants of a "
+          "model are timed interleaved in one measurement; `ratio` is the "
+          "median of the per-repeat ratios to the plain sum.\n")
+    print("| model | rule | us/step (median) | ratio to plain sum | "
           "overhead | noise | flops | +fusions |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    runnable = {f"{label} [{route}]": m for label, route, m in loops
-                if not isinstance(m, str)}
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for model in args.models:
-      variants = {"fixed": make_fixed_loop,
-                  "softadapt_value_and_grad [library]": make_softadapt_loop,
-                  **runnable}
-      t, _ = measure(make(model, k, steps[model]), variants, steps[model],
-                     reps, baseline="fixed")
+      t, _ = measure(make(model, k, steps[model]), loops, steps[model],
+                     reps, baseline=BASELINE)
       for name, tm in t.items():
-        label, _, route = name.partition(" [")
-        route = route.rstrip("]") or "-"
         results["rules"][model, name] = tm.paired
-        print(f"| {model} | {label} | {route} | {us(tm.med)} | "
+        print(f"| {model} | {name} | {us(tm.med)} | "
               f"{tm.paired:.3f} | {(tm.paired - 1) * 100:+.1f}% | "
               f"{tm.spread * 100:.1f}% | {tm.flops_ratio:.5f} | "
               f"{tm.extra_fusions} |", flush=True)
-    missing = [(label, m) for label, _, m in loops if isinstance(m, str)]
-    if missing:
-      print("\nNot measured: " + "; ".join(f"`{label}` ({why})"
-                                           for label, why in missing) + ".")
     print()
 
   if "host" in args.sections:

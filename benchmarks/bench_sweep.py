@@ -6,7 +6,8 @@ loss-weighted SoftAdapt, the whole run one ``lax.scan``. Two sizes:
 ``small`` (tanh 2 -> 32 -> 32 -> 1, 128 interior + 64 boundary points, 500
 steps) and ``tiny`` (2 -> 8 -> 1, 16 + 8 points, 2000 steps), where the
 per-step work is so small that fixed per-operation costs dominate. ``beta`` is a traced
-argument, so one compiled program serves every value:
+argument (the rule ``sa.softadapt(2, beta=beta, ...)`` is built inside the
+run), so one compiled program serves every value:
 
 - ``sequential``: the jitted run called once per beta (compiled once);
 - ``vmap``: ``jax.vmap`` of the whole run over the N betas, one call.
@@ -47,18 +48,16 @@ def make_run(problem: C.Problem, steps: int):
   """``run(beta) -> (final params, final losses)``: one training run."""
 
   def run(beta):
-    tx = optax.chain(
-        sa.softadapt_track(problem.num_losses, order=1, beta=beta,
-                           variant=VARIANT),
-        optax.adam(LEARNING_RATE))
-    grad_fn = sa.softadapt_value_and_grad(problem.loss_vec_fn, beta=beta,
-                                          variant=VARIANT)
+    # The rule built from the traced beta: one program serves every value.
+    rule = sa.softadapt(problem.num_losses, beta=beta, variant=VARIANT)
+    tx = optax.chain(sa.track_weights(rule), optax.adam(LEARNING_RATE))
+    grad_fn = sa.weighted_value_and_grad(problem.loss_vec_fn, rule)
 
     def step(carry, _):
       params, opt_state = carry
       out = grad_fn(opt_state, params, problem.fixed)
       updates, opt_state = tx.update(out.grad, opt_state, params,
-                                     losses=out.losses)
+                                     weighting_state=out.state)
       return (optax.apply_updates(params, updates), opt_state), out.losses
 
     (params, _), losses = jax.lax.scan(

@@ -16,7 +16,8 @@ recomputed every step:
   torch ops in the step (no package call): the fastest eager PyTorch loop.
 - ``torch.compile``: the inline step under ``torch.compile`` (default mode,
   inductor), if it compiles on this machine; otherwise the error is printed.
-- ``ours``: ``softadapt_value_and_grad`` + ``softadapt_track`` +
+- ``ours``: the rule ``sa.softadapt(K, beta=0.1, variant="loss_weighted")``
+  through ``sa.weighted_value_and_grad`` + ``sa.track_weights`` +
   ``optax.adam`` in a jitted ``lax.scan``.
 
 Time per step: chunks of ``--chunk`` steps (torch) and one scanned call of
@@ -232,19 +233,16 @@ def try_func_compile(problem: C.Problem, threads: int) -> str:
 
 
 def our_loop(problem: C.Problem, steps: int):
-  tx = optax.chain(
-      sa.softadapt_track(problem.num_losses, order=ORDER, beta=BETA,
-                         variant="loss_weighted", epsilon=EPSILON),
-      optax.adam(LEARNING_RATE))
-  grad_fn = sa.softadapt_value_and_grad(problem.loss_vec_fn, beta=BETA,
-                                        variant="loss_weighted",
-                                        epsilon=EPSILON)
+  rule = sa.softadapt(problem.num_losses, order=ORDER, beta=BETA,
+                      variant="loss_weighted", epsilon=EPSILON)
+  tx = optax.chain(sa.track_weights(rule), optax.adam(LEARNING_RATE))
+  grad_fn = sa.weighted_value_and_grad(problem.loss_vec_fn, rule)
 
   def step(carry, _):
     params, opt_state = carry
     out = grad_fn(opt_state, params, problem.fixed)
     updates, opt_state = tx.update(out.grad, opt_state, params,
-                                   losses=out.losses)
+                                   weighting_state=out.state)
     return (optax.apply_updates(params, updates), opt_state), out.weights
 
   def run(carry):
