@@ -58,24 +58,22 @@ def _document_exported_attributes(pkg: griffe.Module, public: set[str]) -> None:
     if name not in pkg.members:
       continue
     member = pkg.members[name]
-    target = member.final_target if member.is_alias else member
-    if not target.is_attribute or target.docstring is not None:
+    target = member.final_target if isinstance(member, griffe.Alias) else member
+    if not isinstance(target, griffe.Attribute) or target.docstring is not None:
       continue
     value = str(target.value)
     if value in public:
       text = f"Alias of [`{value}`][{pkg.name}.{value}]."
     else:
-      text = (
-          f"Defined in `{target.parent.path}`:\n\n```python\n"
-          f"{target.source}\n```"
-      )
+      parent = target.parent.path if target.parent is not None else pkg.path
+      text = f"Defined in `{parent}`:\n\n```python\n{target.source}\n```"
     target.docstring = griffe.Docstring(text, parent=target)
 
 
 def _walk(obj: griffe.Object) -> Iterator[griffe.Object]:
   yield obj
   for member in obj.members.values():
-    if not member.is_alias:
+    if isinstance(member, griffe.Object):  # not an alias
       yield from _walk(member)
 
 
