@@ -80,18 +80,18 @@ def check_float(
   checked for their shape only; each rule documents what it does with a
   traced value out of range.
   """
-  if value is None:
-    raise TypeError(f"`{name}` must be a finite float, got None.")
-  check_scalar(name, value)
-  if not is_concrete(value):
-    return
-  try:
-    x = float(np.asarray(value))
-  except (TypeError, ValueError) as e:
+  kind = getattr(getattr(value, "dtype", None), "kind", None)
+  if kind is None and not isinstance(value, bool):
+    kind = np.asarray(value).dtype.kind if value is not None else None
+  if kind not in ("f", "i", "u"):
     raise TypeError(
         f"`{name}` must be a finite float, got {value!r} of type "
         f"{type(value).__name__}."
-    ) from e
+    )
+  check_scalar(name, value)
+  if not is_concrete(value):
+    return
+  x = float(np.asarray(value))
   expected = ["finite"]
   ok = math.isfinite(x)
   if positive:
@@ -111,7 +111,7 @@ def check_float(
 
 def check_scalar(name: str, value: Any) -> None:
   """Raises ``ValueError`` unless ``value`` is a scalar (traced or not)."""
-  shape = jnp.shape(value)
+  shape = np.shape(value)
   if shape != ():
     raise ValueError(
         f"`{name}` must be a scalar (a float or a 0-d array), got shape "
@@ -142,7 +142,7 @@ def check_floating_or_int(name: str, value: Any) -> None:
 
 def check_history(history: Any) -> None:
   """Raises unless ``history`` is a floating ``[n, K]`` array with n >= 2."""
-  shape = jnp.shape(history)
+  shape = np.shape(history)
   if len(shape) != 2:
     raise ValueError(
         "`history` must be a 2-d array of shape [n, K] (rows are time steps, "

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from softadapt_jax import _checks
@@ -267,7 +268,7 @@ def check_initial_weights(
   """Concrete initial weights must be ``[K]``, finite, >= 0 and sum to ``total``."""
   if initial_weights is None:
     return
-  shape = jnp.shape(initial_weights)
+  shape = np.shape(initial_weights)
   if shape != (num_losses,):
     raise ValueError(
         f"`{name}` must have shape ({num_losses},) to match `num_losses`="
@@ -275,8 +276,6 @@ def check_initial_weights(
     )
   if not _checks.is_concrete(initial_weights):
     return
-  import numpy as np
-
   w = np.asarray(initial_weights, np.float64)
   if not np.all(np.isfinite(w)) or np.any(w < 0):
     raise ValueError(f"`{name}` must be finite and >= 0, got {w.tolist()}.")
@@ -315,11 +314,41 @@ def scaled_softmax(
   """
   t = jnp.maximum(jnp.asarray(temperature, z.dtype), jnp.finfo(z.dtype).tiny)
   big = jnp.finfo(z.dtype).max / 4
-  # |z| <= big * t keeps |z / t| <= big.
-  limit = big * jnp.minimum(t, 1)
-  u = bounded(jnp.clip(bounded(z), -limit, limit) / t)
-  e = jnp.exp(u - jnp.max(u))
+  z = bounded(z)
+  # Shift by the max first (exact for the largest entry), then divide: a
+  # shift below -big * t saturates at -big, so no quotient overflows.
+  d = z - z[jnp.argmax(z)]
+  e = jnp.exp(jnp.maximum(d, -big * t) / t)
   return (total * e / jnp.sum(e)).astype(z.dtype)
+
+
+def exp_shifted(
+    z: jax.Array,
+    scale: ArrayLike = 1.0,
+    offset: jax.Array | None = None,
+    live: jax.Array | None = None,
+) -> jax.Array:
+  """``exp(u - max(u))`` for ``u = scale * z + offset``: the softmax's numerators.
+
+  Each entry is in (0, 1] and the largest is exactly 1; entries not ``live``
+  are exactly 0. The shift is formed as ``scale * (z - z_i) + (offset -
+  offset_i)`` at the arg-max ``i`` rather than as ``u - max(u)``: XLA may fuse
+  the latter into an FMA that keeps more precision than the rounded ``u`` the
+  max saw, so that at ``|u| ~ 1e10`` the largest entry comes out shifted by
+  ~1e3 and ``exp`` overflows or loses the mass. Callers keep ``|scale * z|``
+  and ``|offset|`` within a quarter of the range (no overflow in the
+  differences).
+  """
+  scale = jnp.asarray(scale, z.dtype)
+  u = scale * z if offset is None else scale * z + offset
+  if live is not None:
+    u = jnp.where(live, u, -jnp.finfo(z.dtype).max)
+  i = jnp.argmax(u)
+  d = scale * (z - z[i])
+  if offset is not None:
+    d = d + (offset - offset[i])
+  e = jnp.exp(jnp.minimum(d, 0.0))
+  return e if live is None else jnp.where(live, e, 0.0)
 
 
 def safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from softadapt_jax import _checks
@@ -105,7 +106,7 @@ class LossStructure:
         got = (
             f"a mapping with keys {sorted(map(str, losses))}"
             if isinstance(losses, Mapping)
-            else f"{type(losses).__name__} of shape {jnp.shape(losses)}"
+            else f"{type(losses).__name__} of shape {np.shape(losses)}"
         )
         raise ValueError(
             f"`{name}` must be {self.describe()}, got {got}: the structure of "
@@ -120,9 +121,9 @@ class LossStructure:
             "the structure of the losses may not change between steps."
         )
     for n, leaf in zip(self.names, leaves, strict=True):
-      if jnp.shape(leaf) != ():
+      if np.shape(leaf) != ():
         raise ValueError(
-            f"`{name}`[{n!r}] must be a scalar loss, got shape {jnp.shape(leaf)}."
+            f"`{name}`[{n!r}] must be a scalar loss, got shape {np.shape(leaf)}."
         )
       _checks.check_floating(f"{name}[{n!r}]", leaf)
     dtype = _widest_float([jnp.result_type(leaf) for leaf in leaves])

@@ -60,14 +60,14 @@ def softmax_weights(
   # difference below overflows: no internal inf, whatever beta and z.
   big = jnp.finfo(dtype).max / 4
   limit = big / jnp.maximum(jnp.abs(beta), 1)
-  u = beta * jnp.clip(_protocol.bounded(z), -limit, limit)
+  z = jnp.clip(_protocol.bounded(z), -limit, limit)
   if log_numerator is None:
-    e = jnp.exp(u - jnp.max(u))
+    e = _protocol.exp_shifted(z, beta)
   else:
     # Zero weights (log w <= -big) are exactly 0, whatever beta * z.
     live = log_numerator > -big
-    u = jnp.where(live, u + jnp.clip(log_numerator, -big, big), -big)
-    e = jnp.where(live, jnp.exp(u - jnp.max(u)), 0.0)
+    log_w = jnp.clip(log_numerator, -big / 2, big / 2)
+    e = _protocol.exp_shifted(z, beta, log_w, live)
   return e / (jnp.sum(e) + jnp.asarray(epsilon, dtype))
 
 

@@ -247,17 +247,17 @@ def plot_training(
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(panels), sharex=True, squeeze=False)[0]
+    panel_axes = list(fig.subplots(1, len(panels), sharex=True, squeeze=False)[0])
   else:
-    axes = list(np.ravel(np.asarray(axes, dtype=object)))
-    if len(axes) != len(panels):
+    panel_axes = list(np.ravel(np.asarray(axes, dtype=object)))
+    if len(panel_axes) != len(panels):
       raise ValueError(
           f"`axes` must hold {len(panels)} Axes (losses, weights"
-          f"{', slopes' if slopes is not None else ''}), got {len(axes)}."
+          f"{', slopes' if slopes is not None else ''}), got {len(panel_axes)}."
       )
-    fig = axes[0].get_figure()
+    fig = panel_axes[0].get_figure()
 
-  for ax, (panel, array) in zip(axes, panels, strict=True):
+  for ax, (panel, array) in zip(panel_axes, panels, strict=True):
     for k, name in enumerate(names):
       y = array[:, k]
       if panel == "losses":

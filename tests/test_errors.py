@@ -1,4 +1,9 @@
-"""Static misuse raises at construction or trace time, naming the argument."""
+"""Bad settings and misuse: a clear error at construction or trace time.
+
+Every error names the argument, the value given and what was expected.
+Traced values are not checked (each rule's docstring says how it clamps them):
+the last tests show that a rule built with traced settings runs.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -26,7 +32,7 @@ LOSSES = jnp.ones(3)
          r"`history` must hold at least 2 rows.*\(1, 3\)"),
         (lambda: sa.slopes(jnp.ones((3, 2), jnp.int32)), TypeError,
          r"`history` must have a real floating dtype.*int32"),
-        # order
+        # order: an int in [1, 10], fewer than the rows of history
         (lambda: sa.slopes(HISTORY, 0), ValueError,
          r"`order` must be an int >= 1, got 0"),
         (lambda: sa.slopes(HISTORY, 4), ValueError,
@@ -35,8 +41,14 @@ LOSSES = jnp.ones(3)
          r"`order` must be a Python int >= 1.*1\.5 of type float"),
         (lambda: sa.slopes(HISTORY, True), TypeError,
          r"`order` must be a Python int.*True of type bool"),
-        (lambda: sa.slopes(HISTORY, jnp.int32(1) + 0.5), TypeError,
-         r"`order` must be a Python int"),
+        (lambda: sa.slopes(jnp.ones((20, 2)), 11), ValueError,
+         r"`order` must be <= 10, got 11.*95x at p = 10"),
+        (lambda: sa.slopes(jnp.ones((20, 2))), ValueError,
+         r"`order`=None uses the whole history, order 19.*maximum 10"),
+        (lambda: sa.softadapt(2, order=15), ValueError,
+         r"`order` must be <= 10, got 15"),
+        (lambda: sa.init_state(2, order=11), ValueError,
+         r"`order` must be <= 10"),
         (lambda: sa.finite_difference_coefficients(2, "central"), ValueError,
          r"`stencil` must be one of 'forward', 'backward'; got 'central'"),
         # variant, normalization, beta, epsilon
@@ -49,17 +61,84 @@ LOSSES = jnp.ones(3)
          r"`beta` must be a scalar.*got shape \(2,\).*jax\.vmap"),
         (lambda: sa.weights_from_history(HISTORY, epsilon=jnp.ones(3)),
          ValueError, r"`epsilon` must be a scalar"),
+        (lambda: sa.softadapt(2, beta=None), TypeError,
+         r"`beta` must be a finite float, got None"),
+        (lambda: sa.softadapt(2, beta=float("nan")), ValueError,
+         r"`beta` must be a float that is finite; got nan"),
+        (lambda: sa.softadapt(2, beta=np.inf), ValueError,
+         r"`beta` must be a float that is finite; got inf"),
+        (lambda: sa.softadapt(2, beta="0.1"), TypeError, r"`beta`"),
+        (lambda: sa.softadapt(2, epsilon=-1e-8), ValueError,
+         r"`epsilon` must be a float that is finite and >= 0.0; got -1e-08"),
+        (lambda: sa.weights_from_history(HISTORY, epsilon=float("nan")),
+         ValueError, r"`epsilon` must be a float that is finite"),
+        (lambda: sa.softadapt(2, variant="x"), ValueError, r"`variant`"),
+        (lambda: sa.softadapt(2, stencil="x"), ValueError, r"`stencil`"),
+        (lambda: sa.softadapt(2, update_every=0), ValueError,
+         r"`update_every` must be an int >= 1, got 0"),
+        (lambda: sa.softadapt(2, update_every=1.0), TypeError,
+         r"`update_every` must be a Python int"),
+        # initial weights: [K], finite, >= 0, summing as configured
+        (lambda: sa.softadapt(3, initial_weights=[0.5, 0.5]), ValueError,
+         r"`initial_weights` must have shape \(3,\).*got shape \(2,\)"),
+        (lambda: sa.softadapt(2, initial_weights=[np.nan, 1.0]), ValueError,
+         r"`initial_weights` must be finite and >= 0, got \[nan, 1\.0\]"),
+        (lambda: sa.softadapt(2, initial_weights=[-0.5, 1.5]), ValueError,
+         r"`initial_weights` must be finite and >= 0"),
+        (lambda: sa.softadapt(2, initial_weights=[1.0, 1.0]), ValueError,
+         r"`initial_weights` must sum to 1.*summing to 2"),
+        (lambda: sa.softadapt(
+            2, initial_weights=[0.5, 0.5], scale_by_num_losses=True),
+         ValueError, r"`initial_weights` must sum to 2"),
+        (lambda: sa.init_state(3, initial_weights=[1.0, 2.0, 3.0]), ValueError,
+         r"`initial_weights` must sum to 1"),
         # init_state
         (lambda: sa.init_state(0), ValueError,
          r"`num_losses` must be an int >= 1, got 0"),
         (lambda: sa.init_state(3.0), TypeError,
          r"`num_losses` must be a Python int >= 1.*3\.0 of type float"),
-        (lambda: sa.init_state(3, order=0), ValueError,
-         r"`order` must be an int >= 1, got 0"),
         (lambda: sa.init_state(3, dtype=jnp.int32), TypeError,
          r"`dtype` must be a floating dtype"),
-        (lambda: sa.init_state(3, initial_weights=[0.5, 0.5]), ValueError,
-         r"`initial_weights` must have shape \(3,\).*got shape \(2,\)"),
+        # loss names
+        (lambda: sa.softadapt("residual"), TypeError,
+         r"`num_losses` must be an int K, a sequence of loss names"),
+        (lambda: sa.softadapt([]), TypeError, r"non-empty sequence"),
+        (lambda: sa.softadapt(["a", "a"]), ValueError,
+         r"names must be unique, got \('a', 'a'\)"),
+        (lambda: sa.softadapt(["a", 1]), TypeError, r"strings, got \['a', 1\]"),
+        (lambda: sa.relobralo({"a": 1.0}), TypeError, r"`num_losses`"),
+        # ReLoBRaLo: alpha and expected_rho in [0, 1], temperature > 0
+        (lambda: sa.relobralo(2, alpha=1.5), ValueError,
+         r"`alpha` must be a float that is finite and >= 0.0 and <= 1.0; "
+         r"got 1\.5"),
+        (lambda: sa.relobralo(2, expected_rho=-0.1), ValueError,
+         r"`expected_rho` must be a float that is finite and >= 0.0"),
+        (lambda: sa.relobralo(2, temperature=0.0), ValueError,
+         r"`temperature` must be a float that is finite and > 0; got 0\.0"),
+        (lambda: sa.relobralo(2, temperature=jnp.ones(2)), ValueError,
+         r"`temperature` must be a scalar"),
+        (lambda: sa.relobralo(2, seed=-1), ValueError, r"`seed` must be"),
+        # ratio SoftAdapt, DWA: temperature > 0, epsilon >= 0
+        (lambda: sa.ratio_softadapt(2, temperature=-1.0), ValueError,
+         r"`temperature` must be a float that is finite and > 0; got -1\.0"),
+        (lambda: sa.ratio_softadapt(2, epsilon=float("inf")), ValueError,
+         r"`epsilon` must be a float that is finite"),
+        (lambda: sa.ratio_softadapt(2, lookback="sometimes"), ValueError,
+         r"`lookback` must be one of 'previous', 'last_update'"),
+        (lambda: sa.dwa(2, temperature=0.0), ValueError, r"`temperature`"),
+        (lambda: sa.dwa(2, steps_per_epoch=2.5), TypeError,
+         r"`steps_per_epoch` must be a Python int"),
+        # fixed weights, per_epoch
+        (lambda: sa.fixed_weights([1.0, -1.0]), ValueError,
+         r"`weights` must be finite and >= 0, got \[1\.0, -1\.0\]"),
+        (lambda: sa.fixed_weights({"a": 1.0, "b": np.nan}), ValueError,
+         r"`weights\['b'\]` must be a float that is finite"),
+        (lambda: sa.fixed_weights(jnp.ones((2, 2))), ValueError,
+         r"`weights` must be a \[K\] vector"),
+        (lambda: sa.per_epoch(optax.sgd(0.1), 2), TypeError,
+         r"`rule` must be a LossWeighting"),
+        (lambda: sa.per_epoch(sa.dwa(2), 0), ValueError,
+         r"`steps_per_epoch` must be an int >= 1, got 0"),
         # softadapt_weights
         (lambda: sa.softadapt_weights(STATE, jnp.ones(4)), ValueError,
          r"`losses` must have shape \(3,\).*num_losses=3, got shape \(4,\)"),
@@ -69,23 +148,16 @@ LOSSES = jnp.ones(3)
          r"`losses` must have a real floating dtype.*int32"),
         (lambda: sa.softadapt_weights(STATE, LOSSES, update_every=0),
          ValueError, r"`update_every` must be an int >= 1, got 0"),
-        (lambda: sa.softadapt_weights(STATE, LOSSES, variant="x"), ValueError,
-         r"`variant` must be one of"),
         (lambda: sa.softadapt_weights((1, 2, 3, 4), LOSSES), TypeError,
          r"`state` must be a SoftAdaptState.*got tuple"),
-        # Optax factories fail at construction
-        (lambda: sa.softadapt_track(0), ValueError, r"`num_losses`"),
-        (lambda: sa.softadapt_track(3, variant="v"), ValueError, r"`variant`"),
-        (lambda: sa.softadapt_combine_grads(3, order=0), ValueError,
-         r"`order` must be an int >= 1"),
-        (lambda: sa.softadapt_combine_grads(3, update_every=1.0), TypeError,
-         r"`update_every` must be a Python int"),
-        (lambda: sa.softadapt_track(3, stencil="x"), ValueError, r"`stencil`"),
-        (lambda: sa.softadapt_track(3, beta=jnp.ones(3)), ValueError,
-         r"`beta` must be a scalar"),
+        # routes
+        (lambda: sa.track_weights(sa.softadapt), TypeError,
+         r"`rule` must be a LossWeighting.*got function"),
+        (lambda: sa.weighted_value_and_grad(jnp.sum, 3), TypeError,
+         r"`rule` must be a LossWeighting.*got int"),
     ],
 )
-def test_static_misuse_is_reported(call, error, match):
+def test_misuse_is_reported(call, error, match):
   with pytest.raises(error, match=match):
     call()
 
@@ -94,26 +166,70 @@ def test_errors_are_raised_at_trace_time_under_jit():
   step = jax.jit(functools.partial(sa.softadapt_weights, variant="normalized"))
   with pytest.raises(ValueError, match=r"`losses` must have shape \(3,\)"):
     step(STATE, jnp.ones(2))
+  rule = sa.softadapt(["a", "b"])
+  with pytest.raises(ValueError, match=r"named losses \['a', 'b'\]"):
+    jax.jit(rule.update)(rule.init(), {"a": 1.0, "c": 2.0})
 
 
-def test_inject_hyperparams_without_static_ints_says_what_to_do():
-  tx = optax.inject_hyperparams(sa.softadapt_combine_grads)(3, beta=0.1)
-  state = tx.init(jnp.zeros(2))
-  update = jax.jit(lambda g, s, loss: tx.update(g, s, losses=loss))
-  with pytest.raises(TypeError, match=r"`num_losses`.*static_args"):
-    update(jnp.ones((3, 2)), state, jnp.ones(3))
+def test_a_state_of_another_order_is_refused():
+  rule = sa.softadapt(2, order=2)
+  with pytest.raises(ValueError, match=r"`state.history` has 2 rows.*order=2"):
+    rule.update(sa.init_state(2, order=1), jnp.ones(2))
 
 
-def test_missing_losses_keyword():
-  tx = sa.softadapt_track(3)
-  state = tx.init(jnp.zeros(2))
-  with pytest.raises(TypeError, match=r"losses=.*K=3"):
-    tx.update(jnp.zeros(2), state)
-
-
-def test_find_softadapt_state_errors():
+def test_find_weighting_state_errors():
+  rule = sa.softadapt(2)
   with pytest.raises(ValueError, match=r"no SoftAdaptState found"):
-    sa.find_softadapt_state(optax.adam(1.0).init(jnp.zeros(2)))
-  two = optax.chain(sa.softadapt_track(2), sa.softadapt_track(2))
+    sa.find_weighting_state(optax.adam(1.0).init(jnp.zeros(2)), rule)
+  two = optax.chain(sa.track_weights(rule), sa.track_weights(rule))
   with pytest.raises(ValueError, match=r"more than one SoftAdaptState"):
-    sa.find_softadapt_state(two.init(jnp.zeros(2)))
+    sa.find_weighting_state(two.init(jnp.zeros(2)), rule)
+
+
+@pytest.mark.parametrize(
+    ("name", "replacement"),
+    [
+        ("softadapt_track", "track_weights"),
+        ("softadapt_combine_grads", "combine_grads"),
+        ("softadapt_value_and_grad", "weighted_value_and_grad"),
+        ("find_softadapt_state", "find_weighting_state"),
+        ("SoftAdaptGrad", "WeightedGrad"),
+        ("softadapt_diagnostics", "diagnostics"),
+        ("SoftAdaptDiagnostics", "diagnostics"),
+    ],
+)
+def test_removed_names_raise_with_their_replacement(name, replacement):
+  with pytest.raises(AttributeError, match=rf"{name} was removed.*{replacement}"):
+    getattr(sa, name)
+  assert not hasattr(sa, name)
+  assert name not in sa.__all__
+  with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+    sa.no_such_name  # noqa: B018
+
+
+def test_traced_settings_are_not_checked_but_run():
+  """Inside jit/vmap the values are unknown: no error, weights stay valid."""
+
+  @jax.jit
+  def run(beta, temperature, alpha, weights):
+    losses = jnp.array([[3.0, 1.0], [2.0, 1.5], [1.0, 1.6]])
+    out = []
+    for rule in (
+        sa.softadapt(2, beta=beta),
+        sa.relobralo(2, temperature=temperature, alpha=alpha, expected_rho=alpha),
+        sa.ratio_softadapt(2, temperature=temperature),
+        sa.dwa(2, temperature=temperature),
+        sa.fixed_weights(weights),
+    ):
+      state = rule.init()
+      for loss in losses:
+        w, state = rule.update(state, loss)
+      out.append(w)
+    return out
+
+  # Out of range on purpose: a negative temperature is clamped at the
+  # smallest normal float, alpha and expected_rho are clipped to [0, 1].
+  out = run(jnp.float32(1.0), jnp.float32(-1.0), jnp.float32(2.0), jnp.ones(2))
+  for w in out:
+    assert np.all(np.isfinite(np.asarray(w)))
+    assert np.all(np.asarray(w) >= 0)

@@ -144,11 +144,14 @@ def test_dwa_accumulates_epochs_itself():
   np.testing.assert_allclose(
       got, np.repeat(want_per_epoch, steps, axis=0), rtol=1e-5
   )
-  assert int(state.num_epochs) == len(LOSSES)
-  # The state already holds the weights of the next epoch.
+  # A per_epoch state around DWA fed the epoch means: its inner state has
+  # seen every epoch and holds the weights of the next one, while its own
+  # weights are those applied at the last step.
+  assert int(state.inner.count) == len(LOSSES)
   np.testing.assert_allclose(
-      state.weights, _dwa_reference(means, 0.5, K)[-1], rtol=1e-5
+      state.inner.weights, _dwa_reference(means, 0.5, K)[-1], rtol=1e-5
   )
+  np.testing.assert_allclose(state.weights, got[-1], rtol=0)
 
 
 def test_dwa_sum_one_option():
