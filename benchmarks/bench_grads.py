@@ -199,6 +199,7 @@ def bench_problem(problem: C.Problem, reps: int, min_time: float):
   def timer(c):
     def run():
       t0 = time.perf_counter()
+      out = None
       for _ in range(calls):
         out = c(*args)
       jax.block_until_ready(out)
@@ -213,7 +214,7 @@ def bench_problem(problem: C.Problem, reps: int, min_time: float):
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark, prints its report; returns the measured numbers."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
   parser.add_argument("--tiny", action="store_true",
                       help="tiny models, 2 repeats (a smoke test)")
   parser.add_argument("--single-thread", action="store_true")

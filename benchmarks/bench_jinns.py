@@ -151,23 +151,25 @@ def make_our_run(setup: dict, steps: int, mode: str, rule: Any = None):
   if mode == "fixed":
     tx = optax.adam(LEARNING_RATE)
 
-    def step(carry, _):
+    def step_fixed(carry, _):
       params, opt_state = carry
       grad = jax.grad(lambda p: jnp.sum(loss_fn(p)))(params)
       updates, opt_state = tx.update(grad, opt_state, params)
       return ((optax.apply_updates(params, updates), opt_state),
               jnp.ones(2, jnp.float32))
+    step = step_fixed
     carry0 = (params0, tx.init(params0))
   elif mode == "rule":  # the library's one route
     tx = optax.chain(sa.track_weights(rule), optax.adam(LEARNING_RATE))
     grad_fn = sa.weighted_value_and_grad(loss_fn, rule)
 
-    def step(carry, _):
+    def step_rule(carry, _):
       params, opt_state = carry
       out = grad_fn(opt_state, params)
       updates, opt_state = tx.update(out.grad, opt_state, params,
                                      weighting_state=out.state)
       return (optax.apply_updates(params, updates), opt_state), out.weights
+    step = step_rule
     carry0 = (params0, tx.init(params0))
   else:
     raise ValueError(mode)
@@ -210,7 +212,7 @@ def jinns_rel_l2(setup: dict, params) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark, prints its report; returns the measured numbers."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--width", type=int, default=64)

@@ -111,7 +111,7 @@ def per_step(compiled, args, steps: int, reps: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark, prints its report; returns the measured numbers."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
   parser.add_argument("--ks", type=int, nargs="+",
                       default=[2, 4, 16, 64, 256, 1024, 4096])
   parser.add_argument("--orders", type=int, nargs="+",

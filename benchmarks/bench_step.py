@@ -196,19 +196,20 @@ def compile_scan(problem: Problem, make_loop, steps: int,
   init, step = make_loop(problem)
 
   if problem.batches is not None:
-    xs = jax.tree.map(lambda a: a[:steps], problem.batches)
+    data = jax.tree.map(lambda a: a[:steps], problem.batches)
 
-    def run(carry, xs):
+    def run_batches(carry, xs):
       carry, ys = jax.lax.scan(step, carry, xs)
       return carry, ys if keep_ys else None
-    data = xs
+    run = run_batches
   else:
+    data = problem.fixed
 
-    def run(carry, fixed):
+    def run_fixed(carry, fixed):
       body = lambda carry, _: step(carry, fixed)
       carry, ys = jax.lax.scan(body, carry, None, length=steps)
       return carry, ys if keep_ys else None
-    data = problem.fixed
+    run = run_fixed
 
   args = (init(problem.params), data)
   return jax.jit(run).lower(*args).compile(), args
@@ -403,7 +404,7 @@ def time_weights_alone(k: int, steps: int, reps: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark, prints its report; returns the measured numbers."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
   parser.add_argument("--quick", action="store_true",
                       help="a short run: 3 steps, 2 repeats, K=4")
   parser.add_argument("--tiny", action="store_true",
@@ -432,7 +433,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   args = parser.parse_args(argv)
 
   if args.quick or args.tiny:
-    steps = dict.fromkeys(MODELS, 3)
+    steps: dict[str, int] = dict.fromkeys(MODELS, 3)
     reps, host_chunk, host_reps, check_steps = 2, 3, 2, 3
     given = sys.argv[1:] if argv is None else argv
     ks = args.ks if "--ks" in given else [4]
@@ -440,7 +441,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps = {m: spec[1] for m, spec in MODELS.items()}
     reps, host_chunk, host_reps, check_steps, ks = 20, 50, 6, 50, args.ks
   if args.steps is not None:
-    steps = dict.fromkeys(steps, args.steps)
+    given_steps: int = args.steps
+    steps = dict.fromkeys(steps, given_steps)
   reps = args.reps or reps
   host_chunk = args.host_chunk or host_chunk
   host_reps = args.host_reps or host_reps

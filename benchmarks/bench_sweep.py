@@ -76,7 +76,7 @@ SIZES = {
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark, prints its report; returns the measured numbers."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
   parser.add_argument("--ns", type=int, nargs="+", default=[1, 4, 16])
   parser.add_argument("--sizes", nargs="+", default=list(SIZES),
                       choices=list(SIZES))

@@ -43,6 +43,7 @@ os.environ["KERAS_BACKEND"] = "torch"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any
 
 import _bench_common as C  # first: handles --single-thread
@@ -82,7 +83,8 @@ def torch_setup(problem: C.Problem, threads: int):
   net = torch.nn.Sequential(*layers)
   x_in = torch.from_numpy(interior.reshape(-1, 2).copy())
   x_b = torch.from_numpy(boundary.copy())
-  src = torch.from_numpy(np.array(C.poisson_source(interior.reshape(-1, 2))))
+  src = torch.from_numpy(
+      np.array(C.poisson_source(jnp.asarray(interior.reshape(-1, 2)))))
 
   def losses_fn(net):
     x = x_in.clone().requires_grad_(True)
@@ -143,6 +145,7 @@ class TorchLoop:
         w = self.uniform
       else:
         cols = [torch.stack([h[j] for h in self.history]) for j in range(self.k)]
+        assert self.oracle is not None  # the "oracle" mode has one
         w = self.oracle.get_component_weights(*cols, verbose=False)
       self.opt.zero_grad(set_to_none=True)
       (w * losses).sum().backward()
@@ -185,7 +188,8 @@ def try_func_compile(problem: C.Problem, threads: int) -> str:
   n_res, per = interior.shape[:2]
   x_in = torch.from_numpy(interior.reshape(-1, 2).copy())
   x_b = torch.from_numpy(boundary.copy())
-  src = torch.from_numpy(np.array(C.poisson_source(interior.reshape(-1, 2))))
+  src = torch.from_numpy(
+      np.array(C.poisson_source(jnp.asarray(interior.reshape(-1, 2)))))
   params = {k: v.detach() for k, v in net.named_parameters()}
 
   def u1(p, x):
@@ -254,7 +258,7 @@ def our_loop(problem: C.Problem, steps: int):
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark, prints its report; returns the measured numbers."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
   parser.add_argument("--ks", type=int, nargs="+", default=[2, 4])
   parser.add_argument("--chunk", type=int, default=50)
   parser.add_argument("--reps", type=int, default=6)
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       loop.run(3)
     ours, carry0 = our_loop(problem, args.chunk)
     C.time_call(ours, (carry0,))
-    timers = {"ours (JAX, scanned)":
+    timers: dict[str, Callable[[], float]] = {"ours (JAX, scanned)":
               lambda ours=ours, carry0=carry0:
               C.time_call(ours, (carry0,)) / args.chunk}
     timers.update({n: (lambda loop=loop: loop.run(args.chunk))

@@ -230,12 +230,12 @@ def train(
               config=ocp.args.JsonRestore(),
           ),
       )
-      if ckpt.config != _config(args):
+      if ckpt["config"] != _config(args):
         raise ValueError(
             f"the checkpoint in {ckpt_dir} was written with other settings: "
-            f"{ckpt.config} != {_config(args)}"
+            f"{ckpt['config']} != {_config(args)}"
         )
-      state = restored = ckpt.state
+      state = restored = ckpt["state"]
   start = int(state["step"])
   losses, weights = [], []
   with tqdm.tqdm(
@@ -337,7 +337,7 @@ def differences(a: Any, b: Any) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = toy.make_parser(
-      __doc__.splitlines()[0], steps=600, chunk=50, hidden=32
+      (__doc__ or "").splitlines()[0], steps=600, chunk=50, hidden=32
   )
   parser.add_argument("--mode", choices=("demo", "train"), default="demo")
   parser.add_argument(

@@ -156,7 +156,7 @@ def _identical_on_every_device(tree: Any) -> bool:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      description=__doc__.splitlines()[0],
+      description=(__doc__ or "").splitlines()[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
   parser.add_argument("--steps", type=int, default=300, help="training steps")
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   # each process loads its own slice.
   x_local, y_local = jax.device_get(make_data(kd, args.batch))
   params0 = init_params(kp)
-  results = {"num_devices": num_devices}
+  results: dict[str, Any] = {"num_devices": num_devices}
 
   def record(name, out, seconds):
     params, weights, losses = out

@@ -59,7 +59,7 @@ COMPONENTS = toy.COMPONENTS
 
 
 def loss_components(
-    model: eqx.Module, batch: dict[str, jax.Array]
+    model: eqx.nn.MLP, batch: dict[str, jax.Array]
 ) -> dict[str, jax.Array]:
   """The mean squared error of each output, named: ``{"smooth", "scaled"}``."""
   pred = jax.vmap(model)(batch["x"])
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     state's count at the end, the training time (compilation included) and
     the trained model.
   """
-  args = toy.parse_args(__doc__.splitlines()[0], argv, batchnorm=False)
+  args = toy.parse_args((__doc__ or "").splitlines()[0], argv, batchnorm=False)
   data_key, batch_key, model_key = jax.random.split(jax.random.key(args.seed), 3)
   data = toy.make_dataset(data_key, args.dataset_size)
 
@@ -155,14 +155,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   toy.print_config(config)
 
   initial = toy.columns(evaluate(model, data))
+
   def run_chunk(state, batches):
+    model, opt_state = state
     if args.loop == "scan":
-      model, opt_state, history = train_chunk(*state, batches)
+      model, opt_state, history = train_chunk(model, opt_state, batches)
       return (model, opt_state), history
 
     def step(state, batch):
-      model, opt_state, *step_out = jit_step(*state, batch)
-      return (model, opt_state), tuple(step_out)
+      model, opt_state, losses, log = jit_step(state[0], state[1], batch)
+      return (model, opt_state), (losses, log)
 
     return toy.run_steps(step, state, batches)
 

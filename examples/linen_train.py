@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     state's step and the rule state's count at the end, the training time
     (compilation included) and the final train state.
   """
-  args = toy.parse_args(__doc__.splitlines()[0], argv, batchnorm=True)
+  args = toy.parse_args((__doc__ or "").splitlines()[0], argv, batchnorm=True)
   data_key, batch_key, model_key = jax.random.split(jax.random.key(args.seed), 3)
   data = toy.make_dataset(data_key, args.dataset_size)
 

@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ``optimizer.step`` and the rule state's count at the end, the training
     time (compilation included) and the trained model.
   """
-  args = toy.parse_args(__doc__.splitlines()[0], argv, batchnorm=True)
+  args = toy.parse_args((__doc__ or "").splitlines()[0], argv, batchnorm=True)
   data_key, batch_key, model_key = jax.random.split(jax.random.key(args.seed), 3)
   data = toy.make_dataset(data_key, args.dataset_size)
 
@@ -162,10 +162,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   model.eval()
   initial = toy.columns(evaluate(model, data))
   model.train()
+
   def run_chunk(state, batches):
     if args.loop == "scan":
-      return state, train_chunk(*state, batches)
-    return toy.run_steps(lambda s, batch: (s, jit_step(*s, batch)), state, batches)
+      return state, train_chunk(state[0], state[1], batches)
+    return toy.run_steps(
+        lambda s, batch: (s, jit_step(s[0], s[1], batch)), state, batches
+    )
 
   _, losses, weights, elapsed = toy.train(
       run_chunk, (model, optimizer), data, batch_key, args, desc="NNX"

@@ -277,7 +277,7 @@ def first_step_below(run: Run, threshold: float) -> int | None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      description=__doc__.splitlines()[0],
+      description=(__doc__ or "").splitlines()[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
   parser.add_argument("--steps", type=int, default=10_000, help="training steps")

@@ -152,8 +152,9 @@ def loss_components(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
   u = functools.partial(mlp, params)
   u_xx = jax.vmap(jax.grad(jax.grad(u)))(batch["x"])
   residual = jnp.mean((u_xx + batch["f"]) ** 2)
-  left = (u(0.0) - exact_solution(0.0)) ** 2
-  right = (u(1.0) - exact_solution(1.0)) ** 2
+  x0, x1 = jnp.array(0.0), jnp.array(1.0)
+  left = (u(x0) - exact_solution(x0)) ** 2
+  right = (u(x1) - exact_solution(x1)) ** 2
   return jnp.stack([residual, left, right])
 
 
@@ -291,7 +292,7 @@ def _floats(text: str) -> list[float]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      description=__doc__.splitlines()[0],
+      description=(__doc__ or "").splitlines()[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
   parser.add_argument(

@@ -22,6 +22,8 @@ def _load(name):
   if str(_BENCH) not in sys.path:
     sys.path.insert(0, str(_BENCH))
   spec = importlib.util.spec_from_file_location(name, _BENCH / f"{name}.py")
+  assert spec is not None
+  assert spec.loader is not None
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

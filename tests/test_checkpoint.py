@@ -41,6 +41,8 @@ def checkpoint_resume():
   spec = importlib.util.spec_from_file_location(
       name, _EXAMPLES / "checkpoint_resume.py"
   )
+  assert spec is not None
+  assert spec.loader is not None
   module = importlib.util.module_from_spec(spec)
   sys.modules.setdefault(name, module)
   spec.loader.exec_module(module)

@@ -13,6 +13,8 @@ _EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 def _load(name):
   # examples/ is not a package: import the script from its path.
   spec = importlib.util.spec_from_file_location(name, _EXAMPLES / f"{name}.py")
+  assert spec is not None
+  assert spec.loader is not None
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

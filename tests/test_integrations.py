@@ -58,6 +58,8 @@ def _load_example(name):
   spec = importlib.util.spec_from_file_location(
       f"_example_{name}", _EXAMPLES / f"{name}.py"
   )
+  assert spec is not None
+  assert spec.loader is not None
   module = importlib.util.module_from_spec(spec)
   # Registered first: dataclasses (a Flax TrainState subclass) look it up.
   sys.modules.setdefault(f"_example_{name}", module)
@@ -153,7 +155,7 @@ def test_nnx_optimizer_matches_pure_optax(loop, batchnorm):
     def train_chunk(model, optimizer, batches):
       @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
       def body(carry, batch):
-        return carry, train_step(*carry, batch)
+        return carry, train_step(carry[0], carry[1], batch)
 
       return body((model, optimizer), batches)[1]
 
@@ -318,8 +320,10 @@ def test_linen_apply_gradients_forwards_update_kwargs():
       del params, extra
       return jax.tree.map(lambda u: factor * u, updates), state
 
+    # `factor` is a required extra argument on purpose (see the last check).
     return optax.GradientTransformationExtraArgs(
-        lambda params: optax.EmptyState(), update
+        lambda params: optax.EmptyState(),
+        update,  # pyright: ignore[reportArgumentType]
     )
 
   rule = sa.softadapt(K)

@@ -81,7 +81,7 @@ def test_study_step_direction_is_the_weighted_gradient():
   updates, _ = tx.update(out.grad, tx.init(p), p, weighting_state=out.state)
   new_p = optax.apply_updates(p, updates)
   grads = jax.jacrev(loss_fn)(p, batch)
-  np.testing.assert_allclose(new_p, p - (0.25 * grads[0] + 0.75 * grads[1]),
+  np.testing.assert_allclose(np.asarray(new_p), p - (0.25 * grads[0] + 0.75 * grads[1]),
                              rtol=1e-6)
   np.testing.assert_allclose(out.losses, loss_fn(p, batch))
   np.testing.assert_allclose(out.weights, [0.25, 0.75])

@@ -18,6 +18,8 @@ import numpy as np
 
 _PATH = pathlib.Path(__file__).resolve().parent.parent / "examples" / "sweep_beta.py"
 _spec = importlib.util.spec_from_file_location("sweep_beta", _PATH)
+assert _spec is not None
+assert _spec.loader is not None
 sweep_beta = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sweep_beta)
 
@@ -27,7 +29,7 @@ STEPS = 24
 CONFIG = sweep_beta.Config(steps=STEPS, hidden=(8,))
 MAIN_ARGS = ["--steps", str(STEPS), "--hidden", "8", "--no-progress"]
 BETAS = np.array([0.0, 0.3, 3.0], np.float32)
-TOL = {"rtol": 2e-5, "atol": 1e-6}
+RTOL, ATOL = 2e-5, 1e-6
 
 
 @functools.cache
@@ -37,19 +39,23 @@ def _single(beta: float, seed: int):
 
 
 def _assert_run_equal(batched, single):
-  np.testing.assert_allclose(batched.trace.losses, single.trace.losses, **TOL)
-  np.testing.assert_allclose(batched.trace.weights, single.trace.weights, **TOL)
+  np.testing.assert_allclose(
+      batched.trace.losses, single.trace.losses, rtol=RTOL, atol=ATOL
+  )
+  np.testing.assert_allclose(
+      batched.trace.weights, single.trace.weights, rtol=RTOL, atol=ATOL
+  )
   # Slopes are 0 during warm-up in both; elsewhere they scale with the
   # losses (~1e3 here), so compare them relative to that scale.
   np.testing.assert_allclose(
-      batched.trace.slopes, single.trace.slopes, rtol=TOL["rtol"],
-      atol=TOL["rtol"] * np.nanmax(np.abs(single.trace.losses)),
+      batched.trace.slopes, single.trace.slopes, rtol=RTOL,
+      atol=RTOL * np.nanmax(np.abs(single.trace.losses)),
   )
-  np.testing.assert_allclose(batched.error, single.error, **TOL)
+  np.testing.assert_allclose(batched.error, single.error, rtol=RTOL, atol=ATOL)
   for a, b in zip(
       jax.tree.leaves(batched.params), jax.tree.leaves(single.params), strict=True
   ):
-    np.testing.assert_allclose(a, b, **TOL)
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
 def _index(tree, *idx):

@@ -17,13 +17,14 @@ def load(test_size: float = 0.2, seed: int = 0) -> dict[str, np.ndarray]:
   from sklearn.datasets import load_digits
   from sklearn.model_selection import train_test_split
 
-  digits = load_digits()
-  x = (digits.data / 16.0).astype(np.float32)
+  data, target = load_digits(return_X_y=True)
+  x = (np.asarray(data) / 16.0).astype(np.float32)
+  target = np.asarray(target)
   x_tr, x_te, y_tr, y_te = train_test_split(
-      x, digits.target, test_size=test_size, random_state=seed,
-      stratify=digits.target,
+      x, target, test_size=test_size, random_state=seed, stratify=target,
   )
-  return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
+  return {"x_train": np.asarray(x_tr), "y_train": np.asarray(y_tr),
+          "x_test": np.asarray(x_te), "y_test": np.asarray(y_te)}
 
 
 def init_mlp(key: jax.Array, sizes: Sequence[int]) -> list[dict[str, jax.Array]]:

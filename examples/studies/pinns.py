@@ -289,7 +289,7 @@ def methods_for(num_losses: int, smoke: bool = False) -> dict[str, sa.LossWeight
 class SwitchState(NamedTuple):
   """State of :func:`switch_rule`: every method's state, advanced together."""
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   weights: jax.Array
   num_skipped: jax.Array
   inner: Any  # a NamedTuple of the rules' states, one field per rule
@@ -357,10 +357,10 @@ def adam_or_sgd(
   """
   adam = optax.adam(lr_adam)
 
-  def update(grads, state, params=None):
-    a_updates, state = adam.update(grads, state, params)
+  def update(updates, state, params=None):
+    a_updates, state = adam.update(updates, state, params)
     updates = jax.tree.map(
-        lambda a, g: jnp.where(use_sgd, -lr_sgd * g, a), a_updates, grads
+        lambda a, g: jnp.where(use_sgd, -lr_sgd * g, a), a_updates, updates
     )
     return updates, state
 
@@ -445,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tag", default="",
                         help="suffix of the result files (pinns_<tag>.md)")
 
-  args = C.parse_common(__doc__.splitlines()[0], argv, add)
+  args = C.parse_common((__doc__ or "").splitlines()[0], argv, add)
   if args.smoke:
     args.steps, args.timing_steps = min(args.steps, 20), 0
   every = max(1, args.steps // 30)

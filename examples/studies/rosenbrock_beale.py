@@ -50,7 +50,7 @@ ORDERS = (1, 2)
 class Problem(NamedTuple):
   name: str
   components: tuple[str, ...]
-  loss: Callable[[jax.Array, Any], jax.Array]
+  loss: Callable[..., jax.Array]  # (p[, batch]) -> [K] losses
   minimum: tuple[float, float]
   box: tuple[tuple[float, float], tuple[float, float]]
   lr: dict[str, float]
@@ -129,7 +129,7 @@ def run(
       updates, opt_state = tx.update(
           out.grad, opt_state, params, weighting_state=out.state
       )
-      params = optax.apply_updates(params, updates)
+      params = jnp.asarray(optax.apply_updates(params, updates))
       dist = jnp.linalg.norm(params - xstar)
       first = jnp.where((first < 0) & (dist < tol), t + 1, first)
       return ((params, opt_state), t + 1, first), out.weights
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=20_000, help="steps per run")
     parser.add_argument("--tol", type=float, default=1e-3, help="distance tolerance")
 
-  args = C.parse_common(__doc__.splitlines()[0], argv, add)
+  args = C.parse_common((__doc__ or "").splitlines()[0], argv, add)
   betas, orders, variants = BETAS, ORDERS, VARIANTS
   if args.smoke:
     args.starts, args.steps = min(args.starts, 3), min(args.steps, 200)
@@ -285,11 +285,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       }
       ranked = sorted(
           (n for n in results if not n.startswith(("equal", "fixed"))),
-          key=key.get,
+          key=lambda n: key[n],
       )
       best = ranked[0]
       best_fixed = min(
-          (n for n in results if n.startswith(("equal", "fixed"))), key=key.get
+          (n for n in results if n.startswith(("equal", "fixed"))),
+          key=lambda n: key[n],
       )
       wins = [n for n in ranked if better(key[n], key["equal weights"])]
       beats_fixed = better(key[best], key[best_fixed])

@@ -113,7 +113,9 @@ def evaluate(
   recon = float(jnp.mean((decode(params, h_te) - x_te) ** 2))
   zero = float(jnp.mean(h_te == 0.0))
   dead = float(jnp.mean(jnp.all(h_tr == 0.0, axis=0)))
-  acc = D.logistic_accuracy(h_tr, data["y_train"], h_te, data["y_test"], max_iter)
+  acc = D.logistic_accuracy(
+      np.asarray(h_tr), data["y_train"], np.asarray(h_te), data["y_test"], max_iter
+  )
   return {"recon": recon, "zero_fraction": zero, "dead_units": dead, "accuracy": acc}
 
 
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=3000, help="full-batch steps")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam step size")
 
-  args = C.parse_common(__doc__.splitlines()[0], argv, add)
+  args = C.parse_common((__doc__ or "").splitlines()[0], argv, add)
   lambdas, variants, betas, max_iter = LAMBDAS, VARIANTS, BETAS, 500
   if args.smoke:
     args.steps = min(args.steps, 40)

@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=150, help="training epochs")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam step size")
 
-  args = C.parse_common(__doc__.splitlines()[0], argv, add)
+  args = C.parse_common((__doc__ or "").splitlines()[0], argv, add)
   kl_weights, variants, betas, cadences = KL_WEIGHTS, VARIANTS, BETAS, (1, 0)
   if args.smoke:
     args.epochs = min(args.epochs, 3)
