@@ -17,7 +17,9 @@ class PerEpochState(NamedTuple):
   Attributes:
     count: int32 scalar, loss vectors recorded (saturating).
     epoch_sum: ``[K]`` sum of the losses recorded in the current epoch.
-    epoch_steps: int32 scalar, loss vectors recorded in the current epoch.
+    epoch_steps: int32 scalar, steps of the current epoch so far (recorded
+      or skipped).
+    epoch_recorded: int32 scalar, loss vectors recorded in the current epoch.
     inner: the state of the wrapped rule, fed one mean per epoch; its
       ``weights`` are those in force for the current epoch.
     weights: ``[K]`` the weights applied at the last step.
@@ -27,6 +29,7 @@ class PerEpochState(NamedTuple):
   count: jax.Array
   epoch_sum: jax.Array
   epoch_steps: jax.Array
+  epoch_recorded: jax.Array
   inner: Any
   weights: jax.Array
   num_skipped: jax.Array
@@ -46,14 +49,17 @@ def per_epoch(
   epoch means so far (its initial weights during the first epoch). After
   ``steps_per_epoch`` recorded steps the epoch mean is fed to ``rule`` and its
   weights take over from the next step. Everything runs inside one
-  ``lax.scan``; non-finite loss vectors are skipped and do not count towards
-  an epoch.
+  ``lax.scan``. An epoch is ``steps_per_epoch`` steps, recorded or not: a
+  non-finite loss vector is left out of the epoch's mean but still counts as
+  one of its steps, so the epochs stay aligned with the caller's (an epoch
+  with no finite vector feeds the rule nothing).
 
   The same combinator gives gradient accumulation its mean loss: with
   ``optax.MultiSteps`` over ``k`` micro-steps, ``per_epoch(rule, k)`` placed
   before it (``optax.chain(track_weights(per_epoch(rule, k)),
   optax.MultiSteps(opt, k).gradient_transformation())``) records the mean over
-  the ``k`` micro-batches and applies the same weights to all of them.
+  the ``k`` micro-batches and applies the same weights to all of them; a NaN
+  micro-batch (whose direction is zero) does not shift the windows.
 
   Args:
     rule: the wrapped rule (e.g. :func:`dwa`, :func:`softadapt`); it must
@@ -87,24 +93,37 @@ def per_epoch(
         count=jnp.zeros((), jnp.int32),
         epoch_sum=jnp.zeros((k,), dtype),
         epoch_steps=jnp.zeros((), jnp.int32),
+        epoch_recorded=jnp.zeros((), jnp.int32),
         inner=inner,
         weights=inner.weights,
         num_skipped=jnp.zeros((), jnp.int32),
     )
 
-  def update_fn(state: PerEpochState, losses: jax.Array) -> PerEpochState:
+  def end_of_step(
+      state: PerEpochState, summed: jax.Array, recorded: jax.Array
+  ) -> PerEpochState:
     steps = state.epoch_steps + 1
-    summed = state.epoch_sum + losses
     done = steps == n
-    _, inner, _, _ = rule.advance(state.inner, summed / n, prepared=True)
+    feed = done & (recorded > 0)
+    mean = summed / jnp.maximum(recorded, 1).astype(summed.dtype)
+    _, inner, _, _ = rule.advance(state.inner, mean, prepared=True)
     return state._replace(
         epoch_sum=jnp.where(done, jnp.zeros_like(summed), summed),
         epoch_steps=jnp.where(done, 0, steps),
+        epoch_recorded=jnp.where(done, 0, recorded),
         inner=jax.tree.map(
-            lambda new, old: jnp.where(done, new, old), inner, state.inner
+            lambda new, old: jnp.where(feed, new, old), inner, state.inner
         ),
-        weights=state.inner.weights,
     )
+
+  def update_fn(state: PerEpochState, losses: jax.Array) -> PerEpochState:
+    new = end_of_step(
+        state, state.epoch_sum + losses, state.epoch_recorded + 1
+    )
+    return new._replace(weights=state.inner.weights)
+
+  def skip_fn(state: PerEpochState) -> PerEpochState:
+    return end_of_step(state, state.epoch_sum, state.epoch_recorded)
 
   def diagnostics_fn(state: PerEpochState) -> dict[str, jax.Array]:
     out = {
@@ -123,4 +142,5 @@ def per_epoch(
       rule.structure,
       axis_name=rule.axis_name,
       diagnostics_fn=diagnostics_fn,
+      skip_fn=skip_fn,
   )

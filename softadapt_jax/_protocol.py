@@ -61,6 +61,10 @@ class LossWeighting:
       ``shard_map``/``pmap`` before they are recorded, or ``None``.
     diagnostics_fn: ``state -> {name: [K] or scalar array}``, what the rule
       logs besides its weights (e.g. the slopes of SoftAdapt).
+    skip_fn: ``state -> state`` on a skipped (non-finite) step, for a rule
+      that counts steps whether or not they are recorded (e.g.
+      :func:`per_epoch`); by default the state is left as it was. It must
+      keep the state's ``weights``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -80,6 +84,7 @@ class LossWeighting:
       *,
       axis_name: AxisName = None,
       diagnostics_fn: DiagnosticsFn | None = None,
+      skip_fn: Callable[[State], State] | None = None,
   ) -> None:
     self.structure = (
         num_losses
@@ -92,6 +97,7 @@ class LossWeighting:
     self._init_fn = init_fn
     self._update_fn = update_fn
     self._diagnostics_fn = diagnostics_fn
+    self._skip_fn = skip_fn
 
   def __repr__(self) -> str:
     return (
@@ -162,9 +168,8 @@ class LossWeighting:
     safe = jnp.where(recorded, losses, jnp.ones_like(losses))
     counted = state._replace(count=saturating_increment(state.count, recorded))
     new = self._update_fn(counted, safe)
-    new = jax.tree.map(
-        lambda n, o: jnp.where(recorded, n, o), new, state
-    )
+    held = state if self._skip_fn is None else self._skip_fn(state)
+    new = jax.tree.map(lambda n, o: jnp.where(recorded, n, o), new, held)
     new = new._replace(
         num_skipped=saturating_increment(state.num_skipped, ~recorded)
     )

@@ -35,6 +35,9 @@ class RuleCase:
     swept: whether the hyperparameter changes the weights at all.
     keyed: whether the rule draws random numbers from a key in its state.
     adaptive: whether the weights move with the losses over time.
+    epoch: for a :func:`per_epoch` rule, ``(make_inner, steps_per_epoch)``:
+      its epochs count skipped steps too, so it is checked against the inner
+      rule fed the epoch means of the finite steps.
   """
 
   make: Callable[..., sa.LossWeighting]
@@ -43,6 +46,7 @@ class RuleCase:
   swept: bool = True
   keyed: bool = False
   adaptive: bool = True
+  epoch: tuple[Callable[..., sa.LossWeighting], int] | None = None
 
   def rule(self, h: Any = None, spec: Any = K, **kw: Any) -> sa.LossWeighting:
     return self.make(self.hypers[0] if h is None else h, spec, **kw)
@@ -114,6 +118,7 @@ RULES: dict[str, RuleCase] = {
     "dwa_steps": RuleCase(
         lambda h, spec, **kw: sa.dwa(spec, temperature=h, steps_per_epoch=3, **kw),
         (2.0, 0.5), _k,
+        epoch=(lambda h, spec: sa.dwa(spec, temperature=h), 3),
     ),
     "relobralo": RuleCase(
         lambda h, spec, seed=0, **kw: sa.relobralo(
@@ -137,6 +142,10 @@ RULES: dict[str, RuleCase] = {
             sa.softadapt(spec, beta=h, variant="loss_weighted", **kw), 2
         ),
         (1.0, 20.0), _one,
+        epoch=(
+            lambda h, spec: sa.softadapt(spec, beta=h, variant="loss_weighted"),
+            2,
+        ),
     ),
 }
 ALL = sorted(RULES)
