@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 VARIANTS = ("original", "normalized", "loss_weighted")
 # The highest accuracy order of a slope. The (p+1)-point stencil multiplies
@@ -63,7 +64,7 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 
 def is_concrete(value: Any) -> bool:
   """Whether ``value`` is known now (not a tracer inside jit/vmap/grad)."""
-  return not any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(value))
+  return not any(isinstance(v, Tracer) for v in jax.tree.leaves(value))
 
 
 def check_float(

@@ -23,7 +23,7 @@ class DWAState(NamedTuple):
     num_skipped: int32 scalar, non-finite loss vectors skipped.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   epoch_means: jax.Array
   weights: jax.Array
   num_skipped: jax.Array

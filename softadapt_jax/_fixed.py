@@ -23,7 +23,7 @@ class FixedWeightsState(NamedTuple):
     num_skipped: int32 scalar, non-finite loss vectors skipped.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   weights: jax.Array
   num_skipped: jax.Array
 

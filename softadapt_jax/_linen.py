@@ -7,13 +7,25 @@ Flax is not imported: any object with ``step``, ``params``, ``tx``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import optax
 
 from softadapt_jax._routes import WeightedGrad
 
-_State = TypeVar("_State")
+
+class TrainStateLike(Protocol):
+  """What :func:`apply_gradients` needs of a train state (duck-typed)."""
+
+  step: Any
+  params: Any
+  tx: Any
+  opt_state: Any
+
+  def replace(self, **changes: Any) -> Any: ...
+
+
+_State = TypeVar("_State", bound=TrainStateLike)
 
 # The Flax Linen collection whose entries are overwritten by their "gradient"
 # instead of being optimized (``flax.linen.fp8_ops``); the same key as

@@ -26,7 +26,7 @@ class PerEpochState(NamedTuple):
     num_skipped: int32 scalar, non-finite loss vectors skipped.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   epoch_sum: jax.Array
   epoch_steps: jax.Array
   epoch_recorded: jax.Array

@@ -321,9 +321,9 @@ def scaled_softmax(
   big = jnp.finfo(z.dtype).max / 4
   z = bounded(z)
   # Shift by the max first (exact for the largest entry), then divide: a
-  # shift below -big * t saturates at -big, so no quotient overflows.
+  # shift below -big * min(t, 1) saturates, so no quotient overflows.
   d = z - z[jnp.argmax(z)]
-  e = jnp.exp(jnp.maximum(d, -big * t) / t)
+  e = jnp.exp(jnp.maximum(d, -big * jnp.minimum(t, 1)) / t)
   return (total * e / jnp.sum(e)).astype(z.dtype)
 
 
@@ -372,22 +372,40 @@ def safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
   return jnp.where(nonzero, num / safe_den, jnp.sign(num) * big)
 
 
-def key_data(key: ArrayLike | None, seed: int) -> jax.Array:
+def check_seed(seed: Any) -> Any:
+  """A rule's ``seed``: a Python int >= 0, or a PRNG key (traced allowed).
+
+  A key lets ``vmap`` over keys give each run its own stream through every
+  route, ``track_weights(rule).init`` included.
+  """
+  if isinstance(seed, int) and not isinstance(seed, bool):
+    return _checks.check_int("seed", seed, minimum=0)
+  return key_data(seed, name="seed")
+
+
+def key_data(key: Any, seed: Any = 0, *, name: str = "key") -> jax.Array:
   """Raw ``uint32`` key data from a typed or raw key (or from ``seed``).
 
   States keep raw key data so they checkpoint, ``where``-select and
   tree-map like any other array.
   """
   if key is None:
-    return jax.random.key_data(jax.random.key(seed))
+    if isinstance(seed, int):
+      return jax.random.key_data(jax.random.key(seed))
+    return seed
   dtype = getattr(key, "dtype", None)
   if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
     return jax.random.key_data(key)
-  key = jnp.asarray(key)
-  if key.dtype != jnp.uint32:
+  if not hasattr(key, "dtype") and not isinstance(key, (list, tuple, np.ndarray)):
     raise TypeError(
-        f"`key` must be a PRNG key (jax.random.key or jax.random.PRNGKey), got "
-        f"an array of dtype {key.dtype}."
+        f"`{name}` must be an int or a PRNG key (jax.random.key or "
+        f"jax.random.PRNGKey), got {key!r} of type {type(key).__name__}."
+    )
+  key = jnp.asarray(key)
+  if key.dtype != jnp.uint32 or key.shape != (2,):
+    raise TypeError(
+        f"`{name}` must be a PRNG key (jax.random.key or jax.random.PRNGKey), "
+        f"got an array of dtype {key.dtype} and shape {key.shape}."
     )
   return key
 

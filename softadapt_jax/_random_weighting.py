@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from softadapt_jax import _checks, _protocol
+from softadapt_jax import _protocol
 from softadapt_jax._structure import LossSpec, LossStructure
 
 
@@ -22,7 +22,7 @@ class RandomWeightingState(NamedTuple):
     num_skipped: int32 scalar, non-finite loss vectors skipped.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   weights: jax.Array
   key: jax.Array
   num_skipped: jax.Array
@@ -32,7 +32,7 @@ def random_weighting(
     num_losses: LossSpec,
     *,
     scale_by_num_losses: bool = False,
-    seed: int = 0,
+    seed: int | ArrayLike = 0,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> _protocol.LossWeighting:
   r"""Random loss weighting, RLW (Lin et al., 2022): the baseline to beat.
@@ -48,7 +48,9 @@ def random_weighting(
   Args:
     num_losses: ``K``, or the names of the losses, or a ``PyTreeDef``.
     scale_by_num_losses: weights sum to ``K`` instead of 1.
-    seed: seed of the default key (``init(key=...)`` overrides it).
+    seed: an int seed, or a PRNG key (traced allowed: ``vmap`` over keys
+      gives every run its own stream, through every route);
+      ``init(key=...)`` overrides it.
     axis_name: mapped data axis to average the losses over (every replica
       then draws the same weights), or ``None``.
 
@@ -69,7 +71,7 @@ def random_weighting(
     Litmus Test for Multi-Task Learning*, TMLR 2022; LibMTL ``weighting/RLW.py``.
   """
   k = LossStructure(num_losses).num_losses
-  seed = _checks.check_int("seed", seed, minimum=0)
+  seed = _protocol.check_seed(seed)
   total = _protocol.total_weight(k, scale_by_num_losses)
 
   def init_fn(dtype: jnp.dtype, key: ArrayLike | None) -> RandomWeightingState:

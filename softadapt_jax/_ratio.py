@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import types
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -14,39 +15,51 @@ from softadapt_jax._structure import LossSpec, LossStructure
 
 LOOKBACKS = ("previous", "last_update")
 
-# The settings that reproduce each peer's "SoftAdapt" (see docs/family.md).
-RATIO_SOFTADAPT_CONVENTIONS = types.MappingProxyType({
-    # physicsnemo/sym/loss/aggregator.py, class SoftAdapt.
-    "physicsnemo": types.MappingProxyType({
-        "temperature": 1.0,
-        "epsilon": 1e-8,
-        "scale_by_num_losses": True,
-        "lookback": "previous",
-    }),
-    # NeuralPDE.jl 6.x, src/adaptive_losses.jl, SoftAdaptAdaptiveLoss
-    # (alpha = 0.1 multiplies the relative change, so T = 1 / alpha; the
-    # reference losses are refreshed only at reweight steps).
-    "neuralpde": types.MappingProxyType({
-        "temperature": 10.0,
-        "epsilon": 1e-8,
-        "scale_by_num_losses": True,
-        "lookback": "last_update",
-    }),
-    # jinns/loss/_loss_weight_updates.py, soft_adapt.
-    "jinns": types.MappingProxyType({
-        "temperature": 1.0,
-        "epsilon": 1e-6,
-        "scale_by_num_losses": False,
-        "lookback": "previous",
-    }),
-    # jno/utils/adaptive/weights.py: K * softmax((L / L_prev) / beta), beta=0.1.
-    "jno": types.MappingProxyType({
-        "temperature": 0.1,
-        "epsilon": 0.0,
-        "scale_by_num_losses": True,
-        "lookback": "previous",
-    }),
-})
+class RatioSoftAdaptConvention(TypedDict):
+  """The settings of :func:`ratio_softadapt` that reproduce one peer."""
+
+  temperature: float
+  epsilon: float
+  scale_by_num_losses: bool
+  lookback: str
+
+
+# The settings that reproduce each peer's "SoftAdapt" (see docs/family.md):
+# ``ratio_softadapt(K, **RATIO_SOFTADAPT_CONVENTIONS["jinns"])`` type-checks.
+RATIO_SOFTADAPT_CONVENTIONS: Mapping[str, RatioSoftAdaptConvention] = (
+    types.MappingProxyType({
+        # physicsnemo/sym/loss/aggregator.py, class SoftAdapt.
+        "physicsnemo": RatioSoftAdaptConvention(
+            temperature=1.0,
+            epsilon=1e-8,
+            scale_by_num_losses=True,
+            lookback="previous",
+        ),
+        # NeuralPDE.jl 6.x, src/adaptive_losses.jl, SoftAdaptAdaptiveLoss
+        # (alpha = 0.1 multiplies the relative change, so T = 1 / alpha; the
+        # reference losses are refreshed only at reweight steps).
+        "neuralpde": RatioSoftAdaptConvention(
+            temperature=10.0,
+            epsilon=1e-8,
+            scale_by_num_losses=True,
+            lookback="last_update",
+        ),
+        # jinns/loss/_loss_weight_updates.py, soft_adapt.
+        "jinns": RatioSoftAdaptConvention(
+            temperature=1.0,
+            epsilon=1e-6,
+            scale_by_num_losses=False,
+            lookback="previous",
+        ),
+        # jno/utils/adaptive/weights.py: K * softmax((L / L_prev) / beta).
+        "jno": RatioSoftAdaptConvention(
+            temperature=0.1,
+            epsilon=0.0,
+            scale_by_num_losses=True,
+            lookback="previous",
+        ),
+    })
+)
 
 
 class RatioSoftAdaptState(NamedTuple):
@@ -61,7 +74,7 @@ class RatioSoftAdaptState(NamedTuple):
     num_skipped: int32 scalar, non-finite loss vectors skipped.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   reference: jax.Array
   weights: jax.Array
   num_skipped: jax.Array

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import types
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -12,20 +13,27 @@ from jax.typing import ArrayLike
 from softadapt_jax import _checks, _protocol
 from softadapt_jax._structure import LossSpec, LossStructure
 
+
+class ReLoBRaLoConvention(TypedDict):
+  """The settings of :func:`relobralo` of one published default set."""
+
+  alpha: float
+  temperature: float
+  expected_rho: float
+
+
 # Published default sets (see docs/family.md).
-RELOBRALO_CONVENTIONS = types.MappingProxyType({
+RELOBRALO_CONVENTIONS: Mapping[str, ReLoBRaLoConvention] = types.MappingProxyType({
     # The author's Keras loss class (rbischof, "Multi-objective loss balancing
     # for physics-informed deep learning", companion code and article).
-    "author": types.MappingProxyType(
-        {"alpha": 0.999, "temperature": 0.1, "expected_rho": 0.99}
-    ),
+    "author": ReLoBRaLoConvention(alpha=0.999, temperature=0.1, expected_rho=0.99),
     # The argparse defaults of rbischof/relative_balancing src/train.py.
-    "author_cli": types.MappingProxyType(
-        {"alpha": 0.999, "temperature": 1.0, "expected_rho": 1.0}
+    "author_cli": ReLoBRaLoConvention(
+        alpha=0.999, temperature=1.0, expected_rho=1.0
     ),
     # NVIDIA PhysicsNeMo-Sym's Relobralo aggregator.
-    "physicsnemo": types.MappingProxyType(
-        {"alpha": 0.95, "temperature": 1.0, "expected_rho": 0.99}
+    "physicsnemo": ReLoBRaLoConvention(
+        alpha=0.95, temperature=1.0, expected_rho=0.99
     ),
 })
 
@@ -44,7 +52,7 @@ class ReLoBRaLoState(NamedTuple):
     num_skipped: int32 scalar, non-finite loss vectors skipped.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   initial_losses: jax.Array
   previous_losses: jax.Array
   weights: jax.Array
@@ -59,7 +67,7 @@ def relobralo(
     temperature: ArrayLike = 0.1,
     expected_rho: ArrayLike = 0.99,
     scale_by_num_losses: bool = True,
-    seed: int = 0,
+    seed: int | ArrayLike = 0,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> _protocol.LossWeighting:
   r"""ReLoBRaLo (Bischof & Kraus, 2021), as the author's code computes it.
@@ -90,7 +98,9 @@ def relobralo(
     expected_rho: ``E[rho]`` in [0, 1], the probability of keeping
       ``lambda(t-1)`` rather than looking back to ``t = 0`` (traced).
     scale_by_num_losses: weights sum to ``K`` (default, as the paper) or 1.
-    seed: seed of the default key (``init(key=...)`` overrides it).
+    seed: an int seed, or a PRNG key (traced allowed: ``vmap`` over keys
+      gives every run its own stream, through every route);
+      ``init(key=...)`` overrides it.
     axis_name: mapped data axis to average the losses over, or ``None``.
 
   Returns:
@@ -113,7 +123,7 @@ def relobralo(
     Learning*, arXiv:2110.09813; code ``rbischof/relative_balancing``.
   """
   k = LossStructure(num_losses).num_losses
-  seed = _checks.check_int("seed", seed, minimum=0)
+  seed = _protocol.check_seed(seed)
   _checks.check_float("alpha", alpha, minimum=0.0, maximum=1.0)
   _checks.check_float("temperature", temperature, positive=True)
   _checks.check_float("expected_rho", expected_rho, minimum=0.0, maximum=1.0)

@@ -327,9 +327,11 @@ def find_weighting_state(tree: Any, rule: _protocol.LossWeighting) -> Any:
 
 def _as_arrays(state: Any) -> Any:
   """``state`` with wrapped leaves (Flax NNX variables) as plain arrays."""
-  if isinstance(state, tuple) and hasattr(state, "_fields"):
-    return type(state)(*(_as_arrays(field) for field in state))
-  return jnp.asarray(state)
+  return jax.tree.map(
+      jnp.asarray,
+      state,
+      is_leaf=lambda x: isinstance(x, jax.Array) or hasattr(x, "__jax_array__"),
+  )
 
 
 def _adopt(rule: _protocol.LossWeighting, old: Any, new: Any) -> Any:

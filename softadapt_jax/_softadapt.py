@@ -28,7 +28,7 @@ class SoftAdaptState(NamedTuple):
     num_skipped: int32 scalar, number of non-finite loss vectors skipped.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   history: jax.Array
   weights: jax.Array
   num_skipped: jax.Array

@@ -20,8 +20,9 @@ from jax.typing import ArrayLike
 
 from softadapt_jax import _checks
 
-# What a rule can be built from: K, the names of the losses, or a structure.
-LossSpec = int | Sequence[str] | jax.tree_util.PyTreeDef
+# What a rule can be built from: K, the names of the losses, or a structure
+# (a ``jax.tree_util.PyTreeDef``, which type checkers cannot name: ``Any``).
+LossSpec = int | Sequence[str] | Any
 
 
 class LossStructure:
@@ -36,7 +37,7 @@ class LossStructure:
   """
 
   def __init__(self, spec: Any) -> None:
-    self.treedef: jax.tree_util.PyTreeDef | None = None
+    self.treedef: Any = None  # a PyTreeDef for kind "tree"
     if isinstance(spec, jax.tree_util.PyTreeDef):
       self.kind = "tree"
       self.treedef = spec
