@@ -54,7 +54,8 @@ def test_readme_use_code_survives_a_nan_batch():
     chex.assert_tree_all_finite(params)
     if i == 6:
       after_nan = total(params)
-  assert after_nan is not None and after_nan < 1.01 * start
+  assert after_nan is not None
+  assert after_nan < 1.01 * start
   state = sa.find_weighting_state(opt_state, rule)
   assert int(state.num_skipped) == 2
   assert int(log["num_skipped"]) == 2
