@@ -105,8 +105,9 @@ def test_counters_saturate():
 
 
 # Every setting of the functional core, against the rule built with it.
+_KEYS = ("variant", "update_every", "scale_by_num_losses", "log_losses")
 SETTINGS = [
-    dict(zip(("variant", "update_every", "scale_by_num_losses", "log_losses"), c))
+    dict(zip(_KEYS, c, strict=True))
     for c in itertools.product(VARIANTS, (1, 3), (False, True), (False, True))
 ]
 
@@ -172,7 +173,8 @@ def test_a_zero_loss_in_log_losses_is_recorded():
   state = rule.init()
   for loss in ([1.0, 0.0], [0.5, 0.0], [0.25, 0.0]):
     w, state = rule.update(state, jnp.array(loss))
-  assert int(state.count) == 3 and int(state.num_skipped) == 0
+  assert int(state.count) == 3
+  assert int(state.num_skipped) == 0
   # log(0) reads as log of the smallest normal float: a zero slope.
   np.testing.assert_allclose(w, jax.nn.softmax(0.1 * jnp.array([np.log(0.5), 0])))
 
