@@ -21,71 +21,99 @@ from typing import Any
 
 from softadapt_jax._diagnostics import diagnostics
 from softadapt_jax._dwa import DWAState, dwa
+from softadapt_jax._famo import FAMO_CONVENTIONS, FAMOState, famo
 from softadapt_jax._fixed import FixedWeightsState, equal_weights, fixed_weights
+from softadapt_jax._grad_balance import (
+  GRAD_BALANCE_CONVENTIONS,
+  GradBalanceState,
+  grad_balance,
+)
+from softadapt_jax._gradnorm import GRADNORM_CONVENTIONS, GradNormState, gradnorm
 from softadapt_jax._linen import apply_gradients
 from softadapt_jax._per_epoch import PerEpochState, per_epoch
 from softadapt_jax._protocol import LossWeighting
 from softadapt_jax._random_weighting import RandomWeightingState, random_weighting
 from softadapt_jax._ratio import (
-    RATIO_SOFTADAPT_CONVENTIONS,
-    RatioSoftAdaptState,
-    ratio_softadapt,
+  RATIO_SOFTADAPT_CONVENTIONS,
+  RatioSoftAdaptState,
+  ratio_softadapt,
 )
 from softadapt_jax._relobralo import (
-    RELOBRALO_CONVENTIONS,
-    ReLoBRaLoState,
-    relobralo,
+  RELOBRALO_CONVENTIONS,
+  ReLoBRaLoState,
+  relobralo,
 )
 from softadapt_jax._routes import (
-    WeightedGrad,
-    combine_grads,
-    find_weighting_state,
-    track_weights,
-    weighted_value_and_grad,
+  WeightedGrad,
+  combine_grads,
+  find_weighting_state,
+  observe_after_step,
+  track_weights,
+  weighted_value_and_grad,
 )
 from softadapt_jax._slopes import finite_difference_coefficients, slopes
 from softadapt_jax._softadapt import (
-    SoftAdaptState,
-    init_state,
-    softadapt,
-    softadapt_weights,
+  SoftAdaptState,
+  init_state,
+  softadapt,
+  softadapt_weights,
+)
+from softadapt_jax._statistics import GradientStatistics
+from softadapt_jax._uncertainty import (
+  UNCERTAINTY_CONVENTIONS,
+  UncertaintyState,
+  uncertainty_weighting,
 )
 from softadapt_jax._weights import softmax_weights, weights_from_history
 
 __version__ = "0.2.0"
 
 __all__ = (
-    "RATIO_SOFTADAPT_CONVENTIONS",
-    "RELOBRALO_CONVENTIONS",
-    "DWAState",
-    "FixedWeightsState",
-    "LossWeighting",
-    "PerEpochState",
-    "RandomWeightingState",
-    "RatioSoftAdaptState",
-    "ReLoBRaLoState",
-    "SoftAdaptState",
-    "WeightedGrad",
-    "apply_gradients",
-    "combine_grads",
-    "diagnostics",
-    "dwa",
-    "equal_weights",
-    "find_weighting_state",
-    "finite_difference_coefficients",
-    "fixed_weights",
-    "init_state",
-    "per_epoch",
-    "random_weighting",
-    "ratio_softadapt",
-    "relobralo",
-    "slopes",
-    "softadapt",
-    "softadapt_weights",
-    "softmax_weights",
-    "track_weights",
-    "weighted_value_and_grad",
-    "weights_from_history",
+  "FAMO_CONVENTIONS",
+  "GRADNORM_CONVENTIONS",
+  "GRAD_BALANCE_CONVENTIONS",
+  "RATIO_SOFTADAPT_CONVENTIONS",
+  "RELOBRALO_CONVENTIONS",
+  "UNCERTAINTY_CONVENTIONS",
+  "DWAState",
+  "FAMOState",
+  "FixedWeightsState",
+  "GradBalanceState",
+  "GradNormState",
+  "GradientStatistics",
+  "LossWeighting",
+  "PerEpochState",
+  "RandomWeightingState",
+  "RatioSoftAdaptState",
+  "ReLoBRaLoState",
+  "SoftAdaptState",
+  "UncertaintyState",
+  "WeightedGrad",
+  "apply_gradients",
+  "combine_grads",
+  "diagnostics",
+  "dwa",
+  "equal_weights",
+  "famo",
+  "find_weighting_state",
+  "finite_difference_coefficients",
+  "fixed_weights",
+  "grad_balance",
+  "gradnorm",
+  "init_state",
+  "observe_after_step",
+  "per_epoch",
+  "random_weighting",
+  "ratio_softadapt",
+  "relobralo",
+  "slopes",
+  "softadapt",
+  "softadapt_weights",
+  "softmax_weights",
+  "track_weights",
+  "uncertainty_weighting",
+  "weighted_value_and_grad",
+  "weights_from_history",
 )
 
 # Names removed in 0.2.0, each with what replaces it: the rule object is the

@@ -20,9 +20,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.typing import ArrayLike
 
 from softadapt_jax import _checks
+from softadapt_jax._statistics import GradientStatistics, zeros_like_statistics
 from softadapt_jax._structure import LossSpec, LossStructure
 
 _INT32_MAX = jnp.iinfo(jnp.int32).max
@@ -51,6 +53,16 @@ class LossWeighting:
     vector in the state's dtype, and ``state.count`` already counts it; the
     returned state's ``weights`` are the weights for this step.
 
+  A rule that needs statistics of the per-component gradients declares them
+  (``statistics``, a :class:`GradientStatistics`) and when it needs them
+  (``cadence``, a function of the state's ``clock``: an int32 field counting
+  every call, recorded or not, which the kit advances outside any data-
+  dependent branch so that under ``vmap`` over hyperparameters it stays
+  unbatched and the routes skip the expensive gradients on the other steps
+  for real). Its core is then ``update_fn(state, losses, statistics, due)``,
+  with ``statistics`` a dict of ``[K]`` arrays (and ``"gramian"``, ``[K, K]``)
+  computed by the routes, zeros when ``due`` is false.
+
   Args:
     init_fn: the core ``init``.
     update_fn: the core ``update``.
@@ -65,6 +77,13 @@ class LossWeighting:
       that counts steps whether or not they are recorded (e.g.
       :func:`per_epoch`); by default the state is left as it was. It must
       keep the state's ``weights``.
+    statistics: what the rule consumes of the per-component gradients, or
+      ``None`` for a rule of loss values.
+    cadence: ``clock -> bool``, the steps on which the statistics are needed
+      (default: every step).
+    observe_fn: ``(state, losses_after) -> state``, for a rule that learns
+      from the losses after the model step on the same batch (FAMO's exact
+      form): see :meth:`observe_after_step`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -85,6 +104,9 @@ class LossWeighting:
       axis_name: AxisName = None,
       diagnostics_fn: DiagnosticsFn | None = None,
       skip_fn: Callable[[State], State] | None = None,
+      statistics: GradientStatistics | None = None,
+      cadence: Callable[[jax.Array], jax.Array] | None = None,
+      observe_fn: Callable[[State, jax.Array], State] | None = None,
   ) -> None:
     self.structure = (
         num_losses
@@ -98,6 +120,9 @@ class LossWeighting:
     self._update_fn = update_fn
     self._diagnostics_fn = diagnostics_fn
     self._skip_fn = skip_fn
+    self.statistics = statistics
+    self._cadence = cadence
+    self._observe_fn = observe_fn
 
   def __repr__(self) -> str:
     return (
@@ -125,13 +150,19 @@ class LossWeighting:
     self.check_state(state, "init_fn")
     return state
 
-  def update(self, state: State, losses: Any) -> tuple[Any, State]:
+  def update(
+      self, state: State, losses: Any, statistics: Any = None
+  ) -> tuple[Any, State]:
     """Records one loss vector and returns the weights for it.
 
     Args:
       state: this rule's state.
       losses: the ``K`` losses of this step, in the rule's structure (a
         ``[K]`` array, or a mapping / pytree of named scalars), any float dtype.
+      statistics: for a rule that needs them (``rule.statistics``), the
+        statistics of this step's per-component gradients, ``{name: [K]}``
+        (and ``"gramian"``: ``[K, K]``), in the rule's order of the losses;
+        the routes compute them. Only read on the steps the rule is due.
 
     Returns:
       ``(weights, new_state)``: the weights in the structure of the losses
@@ -139,11 +170,52 @@ class LossWeighting:
       A loss vector with a non-finite entry is not recorded: the state is
       returned unchanged but for ``num_skipped``, with its held weights.
     """
-    weights, state, _, _ = self.advance(state, self.structure.flatten(losses))
+    weights, state, _, _ = self.advance(
+        state, self.structure.flatten(losses), statistics=statistics
+    )
     return self.structure.unflatten(weights), state
 
+  def observe_after_step(self, state: State, losses: Any) -> State:
+    """Feeds the losses after the model step, on the same batch, to the rule.
+
+    For the rules that learn from how much a step lowered the losses (FAMO's
+    exact form): one extra forward at the new parameters on the step's batch.
+
+    Args:
+      state: this rule's state, as the step recorded it.
+      losses: the losses at the new parameters on the same batch, in the
+        rule's structure.
+
+    Returns:
+      The new state (a non-finite loss vector leaves it unchanged).
+    """
+    if self._observe_fn is None:
+      raise TypeError(
+          "this rule takes no losses after the step: only rules that learn "
+          "from the decrease over a step do (e.g. famo(form='exact'))."
+      )
+    self.check_state(state)
+    vector = self.structure.flatten(losses)
+    vector = jax.lax.stop_gradient(vector).astype(state.weights.dtype)
+    if self.axis_name is not None:
+      vector = jax.lax.pmean(vector, self.axis_name)
+    return self._observe_fn(state, vector)
+
+  def due(self, state: State) -> jax.Array:
+    """Whether this step needs the gradient statistics (a bool from the clock)."""
+    if self.statistics is None:
+      return jnp.bool_(False)
+    if self._cadence is None:
+      return jnp.bool_(True)
+    return jnp.asarray(self._cadence(state.clock))
+
   def advance(
-      self, state: State, losses: jax.Array, *, prepared: bool = False
+      self,
+      state: State,
+      losses: jax.Array,
+      *,
+      prepared: bool = False,
+      statistics: Any = None,
   ) -> tuple[jax.Array, State, jax.Array, jax.Array]:
     """The vector form of :meth:`update`, for the routes and combinators.
 
@@ -152,6 +224,7 @@ class LossWeighting:
       losses: ``[K]`` losses.
       prepared: the losses are already cast, averaged over ``axis_name`` and
         free of gradients (a combinator feeding its inner rule).
+      statistics: the gradient statistics, for a rule that needs them.
 
     Returns:
       ``(weights, new_state, losses, recorded)``: the ``[K]`` weights, the
@@ -167,12 +240,32 @@ class LossWeighting:
     recorded = jnp.all(jnp.isfinite(losses))
     safe = jnp.where(recorded, losses, jnp.ones_like(losses))
     counted = state._replace(count=saturating_increment(state.count, recorded))
-    new = self._update_fn(counted, safe)
+    if self.statistics is None:
+      if statistics is not None:
+        raise TypeError(
+            "this rule reads loss values only: it takes no `statistics`."
+        )
+      new = self._update_fn(counted, safe)
+    else:
+      due = self.due(state)
+      statistics = self._check_statistics(statistics, dtype)
+      finite = jnp.all(
+          jnp.stack([jnp.all(jnp.isfinite(v)) for v in statistics.values()])
+      )
+      recorded = recorded & (finite | ~due)
+      statistics = jax.tree.map(
+          lambda v: jnp.where(recorded & due, v, jnp.ones_like(v)), statistics
+      )
+      new = self._update_fn(counted, safe, statistics, due & recorded)  # type: ignore[call-arg]
     held = state if self._skip_fn is None else self._skip_fn(state)
     new = jax.tree.map(lambda n, o: jnp.where(recorded, n, o), new, held)
     new = new._replace(
         num_skipped=saturating_increment(state.num_skipped, ~recorded)
     )
+    if "clock" in state._fields:
+      # Every call, outside the data-dependent selection above: a clock that
+      # starts unbatched stays unbatched under vmap.
+      new = new._replace(clock=saturating_increment(state.clock, True))
     return jax.lax.stop_gradient(new.weights), new, losses, recorded
 
   def diagnostics(self, state: State, *, flat: bool = False) -> dict[str, Any]:
@@ -207,6 +300,33 @@ class LossWeighting:
           out[f"{key}/{name}"] = value[..., i]
       else:
         out[key] = self.structure.unflatten(value)
+    return out
+
+  def _check_statistics(self, statistics: Any, dtype: Any) -> dict[str, jax.Array]:
+    assert self.statistics is not None
+    if statistics is None:
+      raise TypeError(
+          "this rule needs statistics of the per-component gradients: use "
+          "weighted_value_and_grad(fun, rule) or combine_grads(rule), which "
+          "compute them, or pass rule.update(state, losses, statistics)."
+      )
+    expected = jax.eval_shape(
+        lambda: zeros_like_statistics(self.statistics, self.num_losses, dtype)
+    )
+    if set(statistics) != set(expected):
+      raise ValueError(
+          f"`statistics` must have the keys {sorted(expected)}, got "
+          f"{sorted(statistics)}."
+      )
+    out = {}
+    for name, value in statistics.items():
+      value = jax.lax.stop_gradient(jnp.asarray(value))
+      if value.shape != expected[name].shape:
+        raise ValueError(
+            f"`statistics[{name!r}]` must have shape {expected[name].shape}, "
+            f"got {value.shape}."
+        )
+      out[name] = value.astype(dtype)
     return out
 
   def diagnostic_vectors(self, state: State) -> dict[str, jax.Array]:
@@ -424,3 +544,25 @@ def check_rule(rule: Any, name: str = "rule") -> LossWeighting:
         f"softadapt_jax.relobralo(K)), got {type(rule).__name__}."
     )
   return rule
+
+
+def coupled_adam(
+    learning_rate: ArrayLike, weight_decay: ArrayLike = 0.0
+) -> optax.GradientTransformation:
+  """torch's ``Adam(lr, weight_decay)``: L2 added to the gradient, then Adam.
+
+  ``chain(add_decayed_weights(wd), scale_by_adam(), scale(-lr))``, not
+  ``adamw`` (whose decay is decoupled): the optimizer the published rules
+  with learnable weights step their parameters with.
+  """
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+      optax.scale(-jnp.asarray(learning_rate)),
+  )
+
+
+def softmax_vjp(logits: jax.Array, cotangent: jax.Array) -> jax.Array:
+  """``(d softmax / d logits)^T v = z * (v - z . v)`` with ``z = softmax(logits)``."""
+  z = jax.nn.softmax(logits)
+  return z * (cotangent - jnp.dot(z, cotangent))

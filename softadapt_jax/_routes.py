@@ -20,7 +20,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from softadapt_jax import _protocol
+from softadapt_jax import _checks, _protocol
+from softadapt_jax._statistics import (
+    GRADIENT_ROUTES,
+    from_function,
+    from_stacked,
+    selected_indices,
+    zeros_like_statistics,
+)
 from softadapt_jax._structure import is_float_leaf, widest_float_leaf_dtype
 
 
@@ -50,6 +57,7 @@ def weighted_value_and_grad(
     rule: _protocol.LossWeighting,
     *,
     has_aux: bool = False,
+    gradients: str = "unrolled",
 ) -> Callable[..., WeightedGrad]:
   r"""The weighted direction of any rule, from one backward pass.
 
@@ -66,6 +74,13 @@ def weighted_value_and_grad(
   ``fun(params, *args, **kwargs)`` returns the losses in the rule's structure
   (a ``[K]`` vector, or a dict of named scalars).
 
+  A rule that needs statistics of the per-component gradients (learning-rate
+  annealing, GradNorm, the aggregators) gets them on the steps its cadence
+  asks for, and only then (a ``lax.cond`` on the rule's clock, which stays
+  unbatched under ``vmap`` over hyperparameters when the state is created
+  inside the mapped function), computed by the route ``gradients`` names;
+  the direction is still ``J^T lambda`` from the one VJP.
+
   A step whose losses are not all finite moves nothing: its direction is zero
   and the rule's state records the skip, so a NaN batch does not reach the
   parameters and training goes on. With the rule's ``axis_name`` (inside
@@ -77,6 +92,11 @@ def weighted_value_and_grad(
     rule: the weighting rule (e.g. :func:`softadapt`), the same object given
       to :func:`track_weights`.
     has_aux: whether ``fun`` returns auxiliary data.
+    gradients: how the per-component gradients are computed for a rule that
+      needs their statistics: ``"unrolled"`` (``K`` ``jax.grad``, each pruned
+      to its own sub-computation: the cheapest when the components are
+      separate computations), ``"map"`` (``lax.map`` of the VJP: one gradient
+      in memory at a time) or ``"jacrev"``. All three are exact and equal.
 
   Returns:
     ``g(state, params, *args, **kwargs) -> WeightedGrad(losses, aux, weights,
@@ -104,6 +124,7 @@ def weighted_value_and_grad(
     Heydari, Thompson, Mehmood, *SoftAdapt*, arXiv:1912.12355, eq. (3).
   """
   rule = _protocol.check_rule(rule)
+  _checks.check_choice("gradients", gradients, GRADIENT_ROUTES)
   structure, axis_name = rule.structure, rule.axis_name
 
   def value_and_direction(
@@ -113,8 +134,21 @@ def weighted_value_and_grad(
     out, vjp_fn, *aux = jax.vjp(
         lambda p: fun(p, *args, **kwargs), params, has_aux=has_aux
     )
+    statistics = None
+    if rule.statistics is not None:
+
+      def fun_vector(p: Any) -> jax.Array:
+        value = fun(p, *args, **kwargs)
+        return structure.flatten(value[0] if has_aux else value)
+
+      statistics = _statistics_on_due_steps(
+          rule, rule_state, lambda: from_function(
+              rule.statistics, fun_vector, params, rule.num_losses,
+              route=gradients, axis_name=axis_name,
+          )
+      )
     weights, new_state, losses, recorded = rule.advance(
-        rule_state, structure.flatten(out)
+        rule_state, structure.flatten(out), statistics=statistics
     )
     cotangent = jax.tree.map(
         lambda c: jnp.where(recorded, c, jnp.zeros_like(c)),
@@ -267,8 +301,16 @@ def combine_grads(
           "`tx.update(stacked_grads, opt_state, params, losses=...)` with "
           f"{rule.structure.describe()}."
       )
+    statistics = None
+    if rule.statistics is not None:
+      spec = rule.statistics
+      statistics = _statistics_on_due_steps(
+          rule, state, lambda: from_stacked(
+              spec, _selected_stacked(rule, updates), rule.axis_name
+          )
+      )
     weights, state, _, recorded = rule.advance(
-        state, rule.structure.flatten(losses)
+        state, rule.structure.flatten(losses), statistics=statistics
     )
     return _zero_unless(recorded, _contract(rule, weights, updates)), state
 
@@ -325,6 +367,54 @@ def find_weighting_state(tree: Any, rule: _protocol.LossWeighting) -> Any:
   return _as_arrays(found[0])
 
 
+def observe_after_step(tree: Any, rule: _protocol.LossWeighting, losses: Any) -> Any:
+  """Gives a rule the losses after the model step, on the same batch.
+
+  For the rules that learn from how much a step lowered the losses (FAMO's
+  exact form, :func:`famo`): after ``params = optax.apply_updates(...)``,
+  evaluate the losses at the new parameters on the step's batch (one extra
+  forward) and pass them here.
+
+  Args:
+    tree: the rule's state, or an ``opt_state`` holding it.
+    rule: the rule.
+    losses: the losses after the step, in the rule's structure.
+
+  Returns:
+    ``tree`` with the rule's state replaced by the one that has learned from
+    ``losses``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import softadapt_jax as sa
+    >>> def losses(x):
+    ...   return jnp.stack([jnp.sum(x ** 2), 10 * jnp.sum((x - 1.0) ** 2)])
+    >>> rule = sa.famo(2)
+    >>> tx = optax.chain(sa.track_weights(rule), optax.sgd(0.01))
+    >>> grad_fn = sa.weighted_value_and_grad(losses, rule)
+    >>> x = jnp.array([0.5, 2.0])
+    >>> opt_state = tx.init(x)
+    >>> for _ in range(3):
+    ...   out = grad_fn(opt_state, x)
+    ...   updates, opt_state = tx.update(out.grad, opt_state, x,
+    ...                                  weighting_state=out.state)
+    ...   x = optax.apply_updates(x, updates)
+    ...   opt_state = sa.observe_after_step(opt_state, rule, losses(x))
+    >>> int(sa.find_weighting_state(opt_state, rule).num_updates)
+    3
+  """
+  rule = _protocol.check_rule(rule)
+  new = rule.observe_after_step(find_weighting_state(tree, rule), losses)
+  state_type = rule.state_type
+  if isinstance(tree, state_type):
+    return new
+  return jax.tree.map(
+      lambda x: new if isinstance(x, state_type) else x,
+      tree,
+      is_leaf=lambda x: isinstance(x, state_type),
+  )
+
+
 def _as_arrays(state: Any) -> Any:
   """``state`` with wrapped leaves (Flax NNX variables) as plain arrays."""
   return jax.tree.map(
@@ -360,6 +450,36 @@ def _adopt(rule: _protocol.LossWeighting, old: Any, new: Any) -> Any:
       )
     adopted.append(jnp.asarray(n).astype(jnp.result_type(o)))
   return jax.tree.unflatten(old_def, adopted)
+
+
+def _statistics_on_due_steps(
+    rule: _protocol.LossWeighting, state: Any, compute: Callable[[], Any]
+) -> dict[str, jax.Array]:
+  """``compute()`` on the steps the rule is due, zeros on the others."""
+  assert rule.statistics is not None
+  dtype = state.weights.dtype
+  zeros = zeros_like_statistics(rule.statistics, rule.num_losses, dtype)
+
+  def computed() -> dict[str, jax.Array]:
+    return {k: v.astype(dtype) for k, v in compute().items()}
+
+  return jax.lax.cond(rule.due(state), computed, lambda: zeros)
+
+
+def _selected_stacked(rule: _protocol.LossWeighting, updates: Any) -> list[jax.Array]:
+  """The selected leaves of per-component gradients, stacked on a ``K`` axis."""
+  assert rule.statistics is not None
+  if (
+      rule.structure.kind == "names"
+      and isinstance(updates, Mapping)
+      and set(updates) == set(rule.names)
+  ):
+    per_name = [updates[name] for name in rule.names]
+    updates = jax.tree.map(lambda *g: jnp.stack(g), *per_name)
+  one = jax.tree.map(lambda g: g[0], updates)
+  idx = selected_indices(rule.statistics, one)
+  leaves = jax.tree.leaves(updates)
+  return [leaves[i] for i in idx]
 
 
 def _params_dtype(params: Any) -> jnp.dtype:
