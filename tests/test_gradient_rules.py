@@ -45,7 +45,8 @@ def _stacked(grads: list[dict]) -> dict:
 
 
 def _params() -> dict:
-  return jax.tree.map(lambda g: jnp.zeros(g.shape[1:], jnp.float64), _stacked(_grads(0)))
+  stacked = _stacked(_grads(0))
+  return jax.tree.map(lambda g: jnp.zeros(g.shape[1:], jnp.float64), stacked)
 
 
 def _run(rule, grads_seq, losses_seq=None):
@@ -146,7 +147,8 @@ def test_grad_balance_keeps_a_weight_whose_gradient_vanishes():
     layer["w"][:] = 0.0
     layer["b"][:] = 0.0
   with jax.enable_x64(True):
-    ours, state = _run(sa.grad_balance(K, update_every=1, after_step=False), [grads] * 3)
+    rule = sa.grad_balance(K, update_every=1, after_step=False)
+    ours, state = _run(rule, [grads] * 3)
   assert np.all(np.isfinite(ours))
   np.testing.assert_array_equal(ours[:, 2], 1.0)
   assert int(state.num_skipped) == 0
