@@ -12,6 +12,8 @@ one rule alone lives in that rule's own test file.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any, cast
 
 import chex
 import hypothesis
@@ -95,7 +97,7 @@ def test_no_recompilation(name):
   bad = jnp.array([jnp.nan, 1.0, 1.0])
   for i, loss in enumerate([*losses_sequence()[:4], bad]):
     _, state = step(state, loss, jnp.float32(case.hypers[i % 2]))
-  assert step._cache_size() == 1
+  assert step._cache_size() == 1  # pyright: ignore[reportAttributeAccessIssue]  # private jax API, not in its stubs
 
 
 def _insert(losses, rows, values):
@@ -129,7 +131,9 @@ def test_non_finite_vectors_are_skipped_without_poisoning(name):
   else:
     # An epoch is n steps, recorded or not: the inner rule is fed the mean of
     # each epoch's finite vectors, so the epochs stay aligned with the caller.
-    make_inner, n = RULES[name].epoch
+    make_inner, n = cast(
+        tuple[Callable[..., sa.LossWeighting], int], RULES[name].epoch
+    )
     inner = make_inner(RULES[name].hypers[0], K)
     hand = inner.init()
     finite = np.asarray(dirty)[keep]
@@ -171,7 +175,7 @@ def test_state_is_float32_or_wider(name, loss_dtype):
   assert state.weights.dtype == jnp.float32
   for loss in losses_sequence()[:3]:
     w, state = rule.update(state, loss.astype(loss_dtype))
-  assert w.dtype == jnp.float32
+  assert w.dtype == jnp.float32  # pyright: ignore[reportPossiblyUnboundVariable]  # the loop ran
   chex.assert_trees_all_equal_dtypes(state, rule.init())
 
 
@@ -183,7 +187,7 @@ def test_float64_state_under_x64(name):
     w, _ = rule.update(state, losses_sequence()[0].astype(jnp.float64))
     assert w.dtype == jnp.float64
     tx = sa.track_weights(rule)
-    assert tx.init(jnp.zeros(2, jnp.float64)).weights.dtype == jnp.float64
+    assert cast(Any, tx.init(jnp.zeros(2, jnp.float64))).weights.dtype == jnp.float64
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -330,17 +334,19 @@ def test_strict_dtype_promotion_and_unusual_params(name):
     opt_state = tx.init(params)
     assert sa.find_weighting_state(opt_state, rule).weights.dtype == jnp.float32
     grad_fn = jax.jit(sa.weighted_value_and_grad(loss_fn, rule))
+    updates: Any
     for _ in range(4):
       out = grad_fn(opt_state, params)
       updates, opt_state = tx.update(
           out.grad, opt_state, params, weighting_state=out.state
       )
-    assert updates["h"].dtype == jnp.bfloat16
-    assert updates["n"].dtype == jax.dtypes.float0
-    assert np.all(np.isfinite(np.asarray(updates["w"])))
+    assert updates["h"].dtype == jnp.bfloat16  # pyright: ignore[reportPossiblyUnboundVariable]  # the loop ran
+    assert updates["n"].dtype == jax.dtypes.float0  # pyright: ignore[reportPossiblyUnboundVariable]  # the loop ran
+    assert np.all(np.isfinite(np.asarray(updates["w"])))  # pyright: ignore[reportPossiblyUnboundVariable]  # the loop ran
     comb = sa.combine_grads(rule)
     float_params = {"w": params["w"], "h": params["h"]}
     stacked = {"w": jnp.ones((K, 2)), "h": jnp.ones((K, 1), jnp.bfloat16)}
+    h: Any
     h, _ = comb.update(
         stacked, comb.init(float_params), float_params, losses=loss_fn(params)
     )
@@ -465,7 +471,7 @@ def test_errors_name_the_argument(name):
   with pytest.raises(ValueError, match=rf"no {rule.state_type.__name__} found"):
     sa.find_weighting_state(optax.sgd(0.1).init(0.0), rule)
   with pytest.raises(TypeError, match="`rule` must be a LossWeighting"):
-    sa.track_weights(optax.sgd(0.1))
+    sa.track_weights(cast(Any, optax.sgd(0.1)))
 
 
 # -------------------------------------------------------------------- routes
@@ -531,8 +537,8 @@ def test_routes_agree(name, use_jit):
     x2, s2 = step_comb(x2, s2, shift)
     x3, s3, w3 = step_hand(x3, s3, shift)
     np.testing.assert_allclose(out.weights, w3, rtol=1e-6)
-  np.testing.assert_allclose(x1, x3, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(x2, x3, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(cast(jax.Array, x1), x3, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(cast(jax.Array, x2), x3, rtol=1e-5, atol=1e-7)
   chex.assert_trees_all_close(sa.find_weighting_state(s1, rule), s3, rtol=1e-6)
   chex.assert_trees_all_close(sa.find_weighting_state(s2, rule), s3, rtol=1e-6)
 
@@ -560,7 +566,7 @@ def test_routes_with_named_losses_and_aux(name):
   comb = sa.combine_grads(rule)
   per_name = jax.jacrev(lambda y: loss_fn(y)[0])(x)
   h, _ = comb.update(per_name, comb.init(x), x, losses=loss_fn(x)[0])
-  np.testing.assert_allclose(h, out.grad, rtol=1e-6)
+  np.testing.assert_allclose(cast(jax.Array, h), out.grad, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -661,7 +667,7 @@ def test_inject_hyperparams_changes_the_value_without_retracing(name):
     stacked = jax.jacrev(loss_fn)(x, shift)
     return tx.update(stacked, opt_state, x, losses=loss_fn(x, shift))
 
-  opt_state = tx.init(x)
+  opt_state: Any = tx.init(x)
   hand_state = case.rule(h0).init()
   for i in range(6):
     hyper = h0 if i < 3 else h1
@@ -670,7 +676,7 @@ def test_inject_hyperparams_changes_the_value_without_retracing(name):
     w, hand_state = case.rule(hyper).update(hand_state, loss_fn(x, 0.01 * i))
     expected = w @ jax.jacrev(loss_fn)(x, 0.01 * i)
     np.testing.assert_allclose(updates, expected, rtol=1e-5, atol=1e-7)
-  assert step._cache_size() == 1
+  assert step._cache_size() == 1  # pyright: ignore[reportAttributeAccessIssue]  # private jax API, not in its stubs
   chex.assert_trees_all_close(
       opt_state.inner_state, hand_state, rtol=1e-5, atol=1e-6
   )
@@ -721,17 +727,19 @@ def test_multi_steps_per_epoch_records_the_mean_of_the_micro_steps(name):
     chex.assert_trees_all_close(inner, hand, rtol=1e-6, atol=1e-7)
     x = optax.apply_updates(x, updates)
     micro, directions, weights_in_epoch = [], [], []
-  assert int(inner.count) == 4
+  assert int(inner.count) == 4  # pyright: ignore[reportPossiblyUnboundVariable]  # the loop ran
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_apply_if_finite_around_the_tracker(name):
   params, loss_fn = least_squares_problem()
   rule = RULES[name].rule()
-  tx = optax.apply_if_finite(
+  # optax annotates apply_if_finite's result as a GradientTransformation, but it
+  # is a GradientTransformationExtraArgs: its update forwards extra arguments.
+  tx = cast(optax.GradientTransformationExtraArgs, optax.apply_if_finite(
       optax.chain(sa.track_weights(rule), optax.sgd(1e-2)),
       max_consecutive_errors=5,
-  )
+  ))
   grad_fn = sa.weighted_value_and_grad(loss_fn, rule)
 
   @jax.jit

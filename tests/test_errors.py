@@ -8,6 +8,7 @@ the last tests show that a rule built with traced settings runs.
 from __future__ import annotations
 
 import functools
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,9 @@ import softadapt_jax as sa
 HISTORY = jnp.ones((4, 3))
 STATE = sa.init_state(3, order=2)
 LOSSES = jnp.ones(3)
+
+# `cast(Any, x)` marks an argument that is ill-typed on purpose: the run-time
+# check it meets is what the test is about.
 
 
 @pytest.mark.parametrize(
@@ -37,7 +41,7 @@ LOSSES = jnp.ones(3)
          r"`order` must be an int >= 1, got 0"),
         (lambda: sa.slopes(HISTORY, 4), ValueError,
          r"`order`=4 needs 5 rows of history, but the history has 4 rows"),
-        (lambda: sa.slopes(HISTORY, 1.5), TypeError,
+        (lambda: sa.slopes(HISTORY, cast(Any, 1.5)), TypeError,
          r"`order` must be a Python int >= 1.*1\.5 of type float"),
         (lambda: sa.slopes(HISTORY, True), TypeError,
          r"`order` must be a Python int.*True of type bool"),
@@ -61,13 +65,13 @@ LOSSES = jnp.ones(3)
          r"`beta` must be a scalar.*got shape \(2,\).*jax\.vmap"),
         (lambda: sa.weights_from_history(HISTORY, epsilon=jnp.ones(3)),
          ValueError, r"`epsilon` must be a scalar"),
-        (lambda: sa.softadapt(2, beta=None), TypeError,
+        (lambda: sa.softadapt(2, beta=cast(Any, None)), TypeError,
          r"`beta` must be a finite float, got None"),
         (lambda: sa.softadapt(2, beta=float("nan")), ValueError,
          r"`beta` must be a float that is finite; got nan"),
         (lambda: sa.softadapt(2, beta=np.inf), ValueError,
          r"`beta` must be a float that is finite; got inf"),
-        (lambda: sa.softadapt(2, beta="0.1"), TypeError, r"`beta`"),
+        (lambda: sa.softadapt(2, beta=cast(Any, "0.1")), TypeError, r"`beta`"),
         (lambda: sa.softadapt(2, epsilon=-1e-8), ValueError,
          r"`epsilon` must be a float that is finite and >= 0.0; got -1e-08"),
         (lambda: sa.weights_from_history(HISTORY, epsilon=float("nan")),
@@ -76,26 +80,26 @@ LOSSES = jnp.ones(3)
         (lambda: sa.softadapt(2, stencil="x"), ValueError, r"`stencil`"),
         (lambda: sa.softadapt(2, update_every=0), ValueError,
          r"`update_every` must be an int >= 1, got 0"),
-        (lambda: sa.softadapt(2, update_every=1.0), TypeError,
+        (lambda: sa.softadapt(2, update_every=cast(Any, 1.0)), TypeError,
          r"`update_every` must be a Python int"),
         # initial weights: [K], finite, >= 0, summing as configured
-        (lambda: sa.softadapt(3, initial_weights=[0.5, 0.5]), ValueError,
+        (lambda: sa.softadapt(3, initial_weights=np.array([0.5, 0.5])), ValueError,
          r"`initial_weights` must have shape \(3,\).*got shape \(2,\)"),
-        (lambda: sa.softadapt(2, initial_weights=[np.nan, 1.0]), ValueError,
+        (lambda: sa.softadapt(2, initial_weights=np.array([np.nan, 1.0])), ValueError,
          r"`initial_weights` must be finite and >= 0, got \[nan, 1\.0\]"),
-        (lambda: sa.softadapt(2, initial_weights=[-0.5, 1.5]), ValueError,
+        (lambda: sa.softadapt(2, initial_weights=np.array([-0.5, 1.5])), ValueError,
          r"`initial_weights` must be finite and >= 0"),
-        (lambda: sa.softadapt(2, initial_weights=[1.0, 1.0]), ValueError,
+        (lambda: sa.softadapt(2, initial_weights=np.array([1.0, 1.0])), ValueError,
          r"`initial_weights` must sum to 1.*summing to 2"),
         (lambda: sa.softadapt(
-            2, initial_weights=[0.5, 0.5], scale_by_num_losses=True),
+            2, initial_weights=np.array([0.5, 0.5]), scale_by_num_losses=True),
          ValueError, r"`initial_weights` must sum to 2"),
-        (lambda: sa.init_state(3, initial_weights=[1.0, 2.0, 3.0]), ValueError,
-         r"`initial_weights` must sum to 1"),
+        (lambda: sa.init_state(3, initial_weights=np.array([1.0, 2.0, 3.0])),
+         ValueError, r"`initial_weights` must sum to 1"),
         # init_state
         (lambda: sa.init_state(0), ValueError,
          r"`num_losses` must be an int >= 1, got 0"),
-        (lambda: sa.init_state(3.0), TypeError,
+        (lambda: sa.init_state(cast(Any, 3.0)), TypeError,
          r"`num_losses` must be a Python int >= 1.*3\.0 of type float"),
         (lambda: sa.init_state(3, dtype=jnp.int32), TypeError,
          r"`dtype` must be a floating dtype"),
@@ -126,7 +130,7 @@ LOSSES = jnp.ones(3)
         (lambda: sa.ratio_softadapt(2, lookback="sometimes"), ValueError,
          r"`lookback` must be one of 'previous', 'last_update'"),
         (lambda: sa.dwa(2, temperature=0.0), ValueError, r"`temperature`"),
-        (lambda: sa.dwa(2, steps_per_epoch=2.5), TypeError,
+        (lambda: sa.dwa(2, steps_per_epoch=cast(Any, 2.5)), TypeError,
          r"`steps_per_epoch` must be a Python int"),
         # fixed weights, per_epoch
         (lambda: sa.fixed_weights([1.0, -1.0]), ValueError,
@@ -135,7 +139,7 @@ LOSSES = jnp.ones(3)
          r"`weights\['b'\]` must be a float that is finite"),
         (lambda: sa.fixed_weights(jnp.ones((2, 2))), ValueError,
          r"`weights` must be a \[K\] vector"),
-        (lambda: sa.per_epoch(optax.sgd(0.1), 2), TypeError,
+        (lambda: sa.per_epoch(cast(Any, optax.sgd(0.1)), 2), TypeError,
          r"`rule` must be a LossWeighting"),
         (lambda: sa.per_epoch(sa.dwa(2), 0), ValueError,
          r"`steps_per_epoch` must be an int >= 1, got 0"),
@@ -148,12 +152,12 @@ LOSSES = jnp.ones(3)
          r"`losses` must have a real floating dtype.*int32"),
         (lambda: sa.softadapt_weights(STATE, LOSSES, update_every=0),
          ValueError, r"`update_every` must be an int >= 1, got 0"),
-        (lambda: sa.softadapt_weights((1, 2, 3, 4), LOSSES), TypeError,
+        (lambda: sa.softadapt_weights(cast(Any, (1, 2, 3, 4)), LOSSES), TypeError,
          r"`state` must be a SoftAdaptState.*got tuple"),
         # routes
-        (lambda: sa.track_weights(sa.softadapt), TypeError,
+        (lambda: sa.track_weights(cast(Any, sa.softadapt)), TypeError,
          r"`rule` must be a LossWeighting.*got function"),
-        (lambda: sa.weighted_value_and_grad(jnp.sum, 3), TypeError,
+        (lambda: sa.weighted_value_and_grad(jnp.sum, cast(Any, 3)), TypeError,
          r"`rule` must be a LossWeighting.*got int"),
     ],
 )
@@ -221,7 +225,7 @@ def test_traced_settings_are_not_checked_but_run():
         sa.dwa(2, temperature=temperature),
         sa.fixed_weights(weights),
     ):
-      state = rule.init()
+      state, w = rule.init(), None
       for loss in losses:
         w, state = rule.update(state, loss)
       out.append(w)

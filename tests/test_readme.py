@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+from typing import Any
 
 import chex
 import jax.numpy as jnp
@@ -36,7 +37,9 @@ def test_readme_use_code_survives_a_nan_batch():
     ends = jnp.array([0.0, 1.0])
     return jnp.mean(model(params, ends) ** 2)
 
-  namespace = {"residual_loss": residual_loss, "boundary_loss": boundary_loss}
+  namespace: dict[str, Any] = {
+      "residual_loss": residual_loss, "boundary_loss": boundary_loss
+  }
   exec(compile(_use_block(), str(README), "exec"), namespace)
   step, tx = namespace["step"], namespace["tx"]
   rule, sa = namespace["rule"], namespace["sa"]
@@ -48,7 +51,7 @@ def test_readme_use_code_survives_a_nan_batch():
   )
   start = total(params)
   scales = [1.0] * 5 + [np.nan, np.inf] + [1.0] * 600
-  after_nan = None
+  after_nan, log = None, {}
   for i, scale in enumerate(scales):
     params, opt_state, log = step(params, opt_state, {"scale": jnp.float32(scale)})
     chex.assert_tree_all_finite(params)

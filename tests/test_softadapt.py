@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import Any
 
 import chex
 import hypothesis.extra.numpy as hnp
@@ -52,7 +53,7 @@ def test_init_state_shapes_and_dtypes():
   assert int(state.count) == int(state.num_skipped) == 0
   assert sa.init_state(2, dtype=jnp.bfloat16).history.dtype == jnp.float32
   assert sa.init_state(2, dtype=jnp.float16).weights.dtype == jnp.float32
-  custom = sa.init_state(3, initial_weights=[0.5, 0.25, 0.25])
+  custom = sa.init_state(3, initial_weights=np.array([0.5, 0.25, 0.25]))
   np.testing.assert_array_equal(custom.weights, [0.5, 0.25, 0.25])
   assert len(jax.tree.leaves(state)) == 4
 
@@ -121,7 +122,9 @@ def test_functional_core_agrees_with_the_rule_warm_up_included(settings_, order)
   warm-up weights of the rule summed to K and those of the functional core to
   1. Both now scale the initial weights to the configured total.
   """
-  kw = dict(settings_, beta=0.7, stencil="backward", normalization="l1")
+  kw: dict[str, Any] = dict(
+      settings_, beta=0.7, stencil="backward", normalization="l1"
+  )
   losses = _loss_sequence(order + 8, 3, seed=order)
   rule = sa.softadapt(3, order=order, **kw)
   w_rule, s_rule = _run(jax.jit(rule.update), rule.init(), losses)
@@ -134,19 +137,22 @@ def test_functional_core_agrees_with_the_rule_warm_up_included(settings_, order)
 
 
 def test_warm_up_weights_are_the_initial_weights_in_the_configured_total():
-  state = sa.init_state(2, initial_weights=[0.25, 0.75])
+  state = sa.init_state(2, initial_weights=np.array([0.25, 0.75]))
   w, _ = sa.softadapt_weights(state, jnp.ones(2), scale_by_num_losses=True)
   np.testing.assert_array_equal(w, [0.5, 1.5])
-  rule = sa.softadapt(2, initial_weights=[0.5, 1.5], scale_by_num_losses=True)
+  rule = sa.softadapt(
+      2, initial_weights=np.array([0.5, 1.5]), scale_by_num_losses=True
+  )
   w, _ = rule.update(rule.init(), jnp.ones(2))
   np.testing.assert_array_equal(w, [0.5, 1.5])
 
 
 def test_named_losses_through_the_functional_core():
-  state = sa.init_state(2)
+  state, w = sa.init_state(2), None
   losses = [{"pde": 2.0, "bc": 1.0}, {"pde": 1.0, "bc": 1.5}]
   for loss in losses:
     w, state = sa.softadapt_weights(state, loss, beta=1.0)
+  assert w is not None
   assert set(w) == {"pde", "bc"}
   # Leaves in tree order (sorted keys): bc first.
   expected = sa.weights_from_history(jnp.array([[1.0, 2.0], [1.5, 1.0]]), beta=1.0)
