@@ -9,6 +9,7 @@ compute the statistics (``combine_grads`` from stacked gradients).
 from __future__ import annotations
 
 import functools
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ def _params() -> dict:
   return jax.tree.map(lambda g: jnp.zeros(g.shape[1:], jnp.float64), stacked)
 
 
-def _run(rule, grads_seq, losses_seq=None):
+def _run(rule, grads_seq, losses_seq=None) -> tuple[np.ndarray, Any]:
   """The weights of each step through ``combine_grads`` (float64)."""
   tx = sa.combine_grads(rule)
   params = _params()
@@ -88,7 +89,9 @@ def test_grad_balance_cadence_over_many_updates(convention):
   """A short cadence (every 3) checked against the reference update by hand."""
   seq = [_grads(seed) for seed in range(10)]
   with jax.enable_x64(True):
-    conf = dict(sa.GRAD_BALANCE_CONVENTIONS[convention], update_every=3)
+    conf: dict[str, Any] = dict(
+        sa.GRAD_BALANCE_CONVENTIONS[convention], update_every=3
+    )
     ours, _ = _run(sa.grad_balance(K, **conf), seq)
   lam, phase = np.ones(K), 1 if conf["after_step"] else 0
   for t, grads in enumerate(seq):
@@ -238,7 +241,7 @@ def test_gradnorm_conventions_against_the_reference_code(convention):
 def test_gradnorm_initial_losses_are_the_mean_of_the_first_steps():
   with jax.enable_x64(True):
     rule = sa.gradnorm(K, initial_steps=3, learning_rate=0.1)
-    state = rule.init(dtype=jnp.float64)
+    state, w = rule.init(dtype=jnp.float64), None
     norm = {"norm": jnp.array([1.0, 2.0, 3.0])}
     for t, losses in enumerate(_losses_seq(5)):
       w, state = rule.update(state, jnp.asarray(losses), norm)
@@ -316,7 +319,7 @@ def test_famo_effective_weights_are_the_gradient_of_its_objective():
 def test_observe_after_step_through_an_opt_state():
   rule = sa.famo(K)
   tx = optax.chain(sa.track_weights(rule), optax.sgd(0.1))
-  opt_state = tx.init(jnp.zeros(2))
+  opt_state = cast(tuple[Any, ...], tx.init(jnp.zeros(2)))  # chain: a tuple
   other = sa.softadapt(K)
   with pytest.raises(TypeError, match="takes no losses after the step"):
     sa.observe_after_step(other.init(), other, jnp.ones(K))

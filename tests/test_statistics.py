@@ -118,10 +118,11 @@ def test_gradient_rules_direction_is_jacrev_then_contract(route, fun):
       sa.gradnorm(K, learning_rate=0.1),
   ):
     grad_fn = jax.jit(sa.weighted_value_and_grad(fun, rule, gradients=route))
-    state = rule.init()
+    state, out = rule.init(), None
     for _ in range(3):
       out = grad_fn(state, params)
       state = out.state
+    assert out is not None
     expected = jax.tree.map(
         lambda g, w=out.weights: jnp.tensordot(w, g, axes=1),
         jax.jacrev(fun)(params),
