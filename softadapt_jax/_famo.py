@@ -146,7 +146,7 @@ def famo(
     grad = _protocol.softmax_vjp(state.logits, delta)
     updates, opt_state = opt.update(grad, state.opt_state, state.logits)
     return state._replace(
-        logits=optax.apply_updates(state.logits, updates).astype(
+        logits=jnp.asarray(optax.apply_updates(state.logits, updates)).astype(
             state.logits.dtype
         ),
         opt_state=opt_state,

@@ -213,7 +213,7 @@ def gradnorm(
     else:
       grad = d_w
     updates, opt_state = opt.update(grad.astype(dtype), state.opt_state, param)
-    new_param = normalised(optax.apply_updates(param, updates))
+    new_param = normalised(jnp.asarray(optax.apply_updates(param, updates)))
     keep = lambda new, old: jnp.where(active, new, old)
     return state._replace(
         param=keep(new_param, param).astype(dtype),

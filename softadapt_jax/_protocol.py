@@ -14,7 +14,7 @@ built inside ``jax.vmap`` or ``optax.inject_hyperparams`` sweeps them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -303,7 +303,8 @@ class LossWeighting:
     return out
 
   def _check_statistics(self, statistics: Any, dtype: Any) -> dict[str, jax.Array]:
-    assert self.statistics is not None
+    spec = self.statistics
+    assert spec is not None
     if statistics is None:
       raise TypeError(
           "this rule needs statistics of the per-component gradients: use "
@@ -311,7 +312,7 @@ class LossWeighting:
           "compute them, or pass rule.update(state, losses, statistics)."
       )
     expected = jax.eval_shape(
-        lambda: zeros_like_statistics(self.statistics, self.num_losses, dtype)
+        lambda: zeros_like_statistics(spec, self.num_losses, dtype)
     )
     if set(statistics) != set(expected):
       raise ValueError(
@@ -384,7 +385,7 @@ def uniform_weights(num_losses: int, total: float, dtype: Any) -> jax.Array:
 
 
 def check_initial_weights(
-    initial_weights: ArrayLike | None,
+    initial_weights: ArrayLike | Sequence[float] | None,
     num_losses: int,
     total: float,
     *,
@@ -412,7 +413,9 @@ def check_initial_weights(
     )
 
 
-def saturating_increment(counter: jax.Array, condition: jax.Array) -> jax.Array:
+def saturating_increment(
+    counter: jax.Array, condition: jax.Array | bool
+) -> jax.Array:
   """``counter + 1`` where ``condition`` holds, never past the int32 maximum."""
   return jnp.where(condition & (counter < _INT32_MAX), counter + 1, counter)
 
@@ -556,7 +559,7 @@ def coupled_adam(
   with learnable weights step their parameters with.
   """
   return optax.chain(
-      optax.add_decayed_weights(weight_decay),
+      optax.add_decayed_weights(jnp.asarray(weight_decay)),
       optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
       optax.scale(-jnp.asarray(learning_rate)),
   )

@@ -135,7 +135,8 @@ def weighted_value_and_grad(
         lambda p: fun(p, *args, **kwargs), params, has_aux=has_aux
     )
     statistics = None
-    if rule.statistics is not None:
+    spec = rule.statistics
+    if spec is not None:
 
       def fun_vector(p: Any) -> jax.Array:
         value = fun(p, *args, **kwargs)
@@ -143,7 +144,7 @@ def weighted_value_and_grad(
 
       statistics = _statistics_on_due_steps(
           rule, rule_state, lambda: from_function(
-              rule.statistics, fun_vector, params, rule.num_losses,
+              spec, fun_vector, params, rule.num_losses,
               route=gradients, axis_name=axis_name,
           )
       )

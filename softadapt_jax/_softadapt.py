@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -39,7 +39,7 @@ def init_state(
     *,
     order: int = 1,
     dtype: jnp.dtype = jnp.float32,
-    initial_weights: ArrayLike | None = None,
+    initial_weights: ArrayLike | Sequence[float] | None = None,
 ) -> SoftAdaptState:
   """A fresh :class:`SoftAdaptState` for ``num_losses`` loss components.
 
@@ -200,7 +200,7 @@ def softadapt(
     stencil: str = "forward",
     scale_by_num_losses: bool = False,
     log_losses: bool = False,
-    initial_weights: ArrayLike | None = None,
+    initial_weights: ArrayLike | Sequence[float] | None = None,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> _protocol.LossWeighting:
   r"""SoftAdapt (Heydari, Thompson, Mehmood, 2019) as a rule.

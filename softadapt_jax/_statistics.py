@@ -22,7 +22,7 @@ gradient, exactly.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -181,7 +181,7 @@ def max_abs(leaves: Leaves) -> jax.Array:
 
 def mean_abs(leaves: Leaves) -> jax.Array:
   """``mean |g|`` over every entry (each entry counts once)."""
-  total = sum(jnp.sum(jnp.abs(g)) for g in leaves)
+  total = cast(jax.Array, sum(jnp.sum(jnp.abs(g)) for g in leaves))
   return total / sum(g.size for g in leaves)
 
 

@@ -136,7 +136,7 @@ def uncertainty_weighting(
     grad = 0.5 * (1.0 - jnp.exp(-s) * losses)
     updates, opt_state = opt.update(grad, state.opt_state, s)
     return state._replace(
-        log_variance=optax.apply_updates(s, updates).astype(s.dtype),
+        log_variance=jnp.asarray(optax.apply_updates(s, updates)).astype(s.dtype),
         opt_state=opt_state,
         weights=weights_of(s),
     )
