@@ -301,7 +301,7 @@ def grad_balance(
       den = den * lam
     den = den + eps
     informative = den > 0
-    hat = jnp.where(informative, num / jnp.where(informative, den, 1.0), lam)
+    hat = jnp.where(informative, _protocol.safe_ratio(num, den), lam)
     if reference is not None and not update_reference:
       hat = hat.at[reference].set(1.0)
     m = jnp.clip(jnp.asarray(momentum, dtype), 0.0, 1.0)

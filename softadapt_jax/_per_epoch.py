@@ -84,6 +84,11 @@ def per_epoch(
     [0.8756, 1.1244]
   """
   rule = _protocol.check_rule(rule)
+  if rule.statistics is not None:
+    raise ValueError(
+        "per_epoch feeds a rule epoch means of the losses: `rule` must read "
+        "loss values only, and this one needs gradient statistics."
+    )
   n = _checks.check_int("steps_per_epoch", steps_per_epoch, minimum=1)
   k = rule.num_losses
 

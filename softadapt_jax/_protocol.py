@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -549,20 +549,56 @@ def check_rule(rule: Any, name: str = "rule") -> LossWeighting:
   return rule
 
 
+class CoupledAdamState(NamedTuple):
+  """State of :func:`coupled_adam`."""
+
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
+  mu: Any
+  nu: Any
+
+
 def coupled_adam(
-    learning_rate: ArrayLike, weight_decay: ArrayLike = 0.0
+    learning_rate: ArrayLike,
+    weight_decay: ArrayLike = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
 ) -> optax.GradientTransformation:
   """torch's ``Adam(lr, weight_decay)``: L2 added to the gradient, then Adam.
 
-  ``chain(add_decayed_weights(wd), scale_by_adam(), scale(-lr))``, not
-  ``adamw`` (whose decay is decoupled): the optimizer the published rules
+  The same numbers as ``chain(add_decayed_weights(wd), scale_by_adam(),
+  scale(-lr))`` (not ``adamw``, whose decay is decoupled), written so that
+  every operation keeps the parameters' dtype (it runs under
+  ``jax.numpy_dtype_promotion("strict")``): the optimizer the published rules
   with learnable weights step their parameters with.
   """
-  return optax.chain(
-      optax.add_decayed_weights(jnp.asarray(weight_decay)),
-      optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
-      optax.scale(-jnp.asarray(learning_rate)),
-  )
+
+  def init_fn(params: Any) -> CoupledAdamState:
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return CoupledAdamState(jnp.zeros((), jnp.int32), zeros, zeros)
+
+  def update_fn(
+      updates: Any, state: CoupledAdamState, params: Any = None
+  ) -> tuple[Any, CoupledAdamState]:
+    count = saturating_increment(state.count, True)
+
+    def one(g: jax.Array, p: jax.Array, m: jax.Array, v: jax.Array) -> Any:
+      dtype = p.dtype
+      c = lambda x: jnp.asarray(x, dtype)
+      g = g.astype(dtype) + c(weight_decay) * p
+      m = c(b1) * m + c(1 - b1) * g
+      v = c(b2) * v + c(1 - b2) * g * g
+      t = count.astype(dtype)
+      m_hat = m / (1 - c(b1) ** t)
+      v_hat = v / (1 - c(b2) ** t)
+      return -c(learning_rate) * m_hat / (jnp.sqrt(v_hat) + c(eps)), m, v
+
+    out = jax.tree.map(one, updates, params, state.mu, state.nu)
+    is_triple = lambda x: isinstance(x, tuple) and len(x) == 3
+    pick = lambda i: jax.tree.map(lambda x: x[i], out, is_leaf=is_triple)
+    return pick(0), CoupledAdamState(count, pick(1), pick(2))
+
+  return optax.GradientTransformation(init_fn, update_fn)  # type: ignore[arg-type]
 
 
 def softmax_vjp(logits: jax.Array, cotangent: jax.Array) -> jax.Array:

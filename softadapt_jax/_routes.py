@@ -302,6 +302,7 @@ def combine_grads(
           "`tx.update(stacked_grads, opt_state, params, losses=...)` with "
           f"{rule.structure.describe()}."
       )
+    _check_per_component(rule, updates)
     statistics = None
     if rule.statistics is not None:
       spec = rule.statistics
@@ -497,6 +498,26 @@ def _zero_unless(condition: jax.Array, tree: Any) -> Any:
   )
 
 
+def _check_per_component(rule: _protocol.LossWeighting, updates: Any) -> None:
+  """Raises unless ``updates`` holds ``K`` gradients (stacked, or one per name)."""
+  k = rule.num_losses
+  if (
+      rule.structure.kind == "names"
+      and isinstance(updates, Mapping)
+      and set(updates) == set(rule.names)
+  ):
+    return
+  for leaf in jax.tree.leaves(updates):
+    if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != k:
+      raise ValueError(
+          "`updates` must be per-component gradients stacked on a leading "
+          f"axis of size num_losses={k}"
+          + (f" or a mapping of one gradient per name {list(rule.names)}"
+             if rule.structure.kind == "names" else "")
+          + f"; got a leaf of shape {jnp.shape(leaf)}."
+      )
+
+
 def _contract(rule: _protocol.LossWeighting, weights: jax.Array, updates: Any) -> Any:
   k = rule.num_losses
   if (
@@ -517,14 +538,6 @@ def _contract(rule: _protocol.LossWeighting, weights: jax.Array, updates: Any) -
     return jax.tree.map(weighted_sum, *per_name)
 
   def contract(leaf: jax.Array) -> jax.Array:
-    if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != k:
-      raise ValueError(
-          "`updates` must be per-component gradients stacked on a leading "
-          f"axis of size num_losses={k}"
-          + (f" or a mapping of one gradient per name {list(rule.names)}"
-             if rule.structure.kind == "names" else "")
-          + f"; got a leaf of shape {jnp.shape(leaf)}."
-      )
     if not is_float_leaf(leaf):
       return leaf[0]
     w = weights.astype(leaf.dtype)

@@ -72,12 +72,26 @@ def selected_indices(spec: GradientStatistics, params: Any) -> list[int]:
   return out
 
 
+def _common_dtype(leaves: Sequence[jax.Array]) -> list[jax.Array]:
+  """The leaves in one dtype, the widest of theirs and at least float32.
+
+  Mixed widths (bf16 and float32 parameters) are summed together without
+  asking JAX to promote: fine under ``jax.numpy_dtype_promotion("strict")``.
+  """
+  dtype = max(
+      (jnp.dtype(g.dtype) for g in leaves), key=lambda d: d.itemsize
+  )
+  dtype = jnp.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
+  return [g.astype(dtype) for g in leaves]
+
+
 def from_stacked(
     spec: GradientStatistics,
     stacked: Sequence[jax.Array],
     axis_name: Any = None,
 ) -> Statistics:
   """The statistics from selected gradient leaves stacked on a leading ``K`` axis."""
+  stacked = _common_dtype(stacked)
   if axis_name is not None:
     stacked = [jax.lax.pmean(g, axis_name) for g in stacked]
   out: Statistics = {}
@@ -141,7 +155,7 @@ def from_function(
 
   def one(e: jax.Array) -> Any:
     (g,) = vjp_fn(e)
-    g = averaged(g)
+    g = _common_dtype(averaged(g))
     reduced = {} if spec.per_component is None else spec.per_component(g)
     return (reduced, g) if spec.gramian else (reduced, None)
 

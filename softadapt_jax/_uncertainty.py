@@ -57,6 +57,17 @@ class UncertaintyState(NamedTuple):
   num_skipped: jax.Array
 
 
+def _scaled_loss(losses: jax.Array, s: jax.Array) -> jax.Array:
+  """``e^{-s} L`` in log space, saturating at ``e^{80}`` in magnitude.
+
+  Only losses beyond ~1e34 e^s reach the bound, where the plain product
+  overflows; the optimizer normalises the step anyway.
+  """
+  tiny = jnp.finfo(losses.dtype).tiny
+  log_scaled = jnp.log(jnp.maximum(jnp.abs(losses), tiny)) - s
+  return jnp.sign(losses) * jnp.exp(jnp.minimum(log_scaled, 80.0))
+
+
 def uncertainty_weighting(
     num_losses: LossSpec,
     *,
@@ -133,7 +144,7 @@ def uncertainty_weighting(
 
   def update_fn(state: UncertaintyState, losses: jax.Array) -> UncertaintyState:
     s = state.log_variance
-    grad = 0.5 * (1.0 - jnp.exp(-s) * losses)
+    grad = 0.5 * (1.0 - _scaled_loss(losses, s))
     updates, opt_state = opt.update(grad, state.opt_state, s)
     return state._replace(
         log_variance=jnp.asarray(optax.apply_updates(s, updates)).astype(s.dtype),
