@@ -31,8 +31,11 @@ _SCRIPT = textwrap.dedent(
 
     settings = dict(beta=0.5, variant="loss_weighted")
 
-    def make(axis_name):
-      rule = sa.softadapt(K, order=2, axis_name=axis_name, **settings)
+    def make(axis_name, factory=None):
+      if factory is None:
+        rule = sa.softadapt(K, order=2, axis_name=axis_name, **settings)
+      else:
+        rule = factory(axis_name)
       tx = optax.chain(sa.track_weights(rule), optax.adam(0.05))
       grad_fn = sa.weighted_value_and_grad(losses, rule)
 
@@ -85,6 +88,31 @@ _SCRIPT = textwrap.dedent(
     np.testing.assert_allclose(jit_w, single_w, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(jit_params), jax.tree.leaves(single_params)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    # The gradient-information rules: per-component gradients averaged over
+    # the devices before the statistics, so the same numbers as one device.
+    GRADIENT_RULES = {
+        "grad_balance": lambda a: sa.grad_balance(
+            K, **sa.GRAD_BALANCE_CONVENTIONS["pinnacle"], axis_name=a),
+        "grad_balance_every_3": lambda a: sa.grad_balance(
+            K, update_every=3, weights_only=False, axis_name=a),
+        "gradnorm": lambda a: sa.gradnorm(K, learning_rate=0.05, axis_name=a),
+        "famo": lambda a: sa.famo(K, form="one_pass", axis_name=a),
+        "uncertainty": lambda a: sa.uncertainty_weighting(
+            K, learning_rate=0.05, axis_name=a),
+    }
+    for name, factory in GRADIENT_RULES.items():
+      single_params, single_w = jax.jit(make(None, factory))(params0, x, y)
+      assert np.ptp(np.asarray(single_w)) > 1e-3, name
+      dp_params, dp_w = jax.jit(
+          jax.shard_map(
+              make("data", factory), mesh=mesh,
+              in_specs=(P(), P("data"), P("data")), out_specs=(P(), P()),
+          )
+      )(params0, x, y)
+      np.testing.assert_allclose(dp_w, single_w, rtol=1e-4, atol=1e-6, err_msg=name)
+      for a, b in zip(jax.tree.leaves(dp_params), jax.tree.leaves(single_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
     print("DATA-PARALLEL-OK")
     """
 )
