@@ -95,3 +95,14 @@ def test_bench_scaling_tiny(capsys):
     assert _positive(res[key]["step"])
     assert res[key]["state"] == bench.state_bytes(*key)
   assert "| 8 | 1 |" in capsys.readouterr().out
+
+
+def test_bench_gradient_rules_tiny(capsys):
+  bench = _load("bench_gradient_rules")
+  bench.main(["--tiny", "--ks", "3", "--problems", "split", "--variants",
+              "published", "every step, map", "jinns"])
+  out = capsys.readouterr().out
+  assert "### split, K = 3" in out
+  for row in ("plain sum", "LRA wang2021, every 10 (published)",
+              "LRA every step, map", "jinns lr_annealing"):
+    assert row in out  # jinns is in the test extra
