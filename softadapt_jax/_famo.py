@@ -118,8 +118,8 @@ def famo(
     True
 
   References:
-    Liu, Liang, Liu, Stone, Liu, *FAMO: Fast Adaptive Multitask
-    Optimization*, NeurIPS 2023; code ``Cranial-XIX/FAMO``.
+    Liu, Feng, Stone, Liu, *FAMO: Fast Adaptive Multitask Optimization*,
+    NeurIPS 2023 (arXiv:2306.03792); code ``Cranial-XIX/FAMO``.
   """
   k = LossStructure(num_losses).num_losses
   _checks.check_choice("form", form, FORMS)

@@ -183,7 +183,8 @@ def grad_balance(
   jinns' ``lr_annealing``, and so on (docs: gradient rules).
 
   The statistics are computed by the routes from the per-component gradients
-  on the steps of the cadence only: ``K`` gradients then, one VJP otherwise.
+  on the steps of the cadence only: ``K`` gradients then (on top of the one
+  VJP of the direction), the one VJP alone otherwise.
   ``after_step=True`` reads the statistics of the step after the update step
   (the parameters the official code reads after its update, on the next
   batch instead of the same one: with fresh points every step, the same in
