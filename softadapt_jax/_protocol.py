@@ -175,6 +175,11 @@ class LossWeighting:
     )
     return self.structure.unflatten(weights), state
 
+  @property
+  def observes_after_step(self) -> bool:
+    """Whether the rule learns from the losses after the step (see below)."""
+    return self._observe_fn is not None
+
   def observe_after_step(self, state: State, losses: Any) -> State:
     """Feeds the losses after the model step, on the same batch, to the rule.
 

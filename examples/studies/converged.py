@@ -1,0 +1,243 @@
+"""Converged PINN studies in the published setups: every rule against equal weights.
+
+Problems (``examples/studies/_pinn_problems.py``): Wang, Teng and Perdikaris'
+2D Helmholtz benchmark exactly as published (40,000 Adam steps, 5 seeds) and
+the 1D Poisson ``u = sin(Cx)`` of the same paper's Table 1 (C = 1, 2, 4, 8,
+16; 40,000 steps, 10 seeds). Every method is a rule of this package through
+the one route; every run of one seed sees the same initialisation and the
+same collocation points whatever the method (paired seeds).
+
+Resumable: one result file per (problem, method, seed) under
+``examples/studies/results/converged/<problem>/<method>/seed<k>.json``; a run
+whose file exists is skipped, so the grid completes across sittings. The
+tables and figures are regenerated from the committed files by ``--report``.
+
+Run (from the repository root)::
+
+  PYTHONPATH=. python -m examples.studies.converged --problem helmholtz \\
+      --methods equal lra_wang2021 --seeds 0 1 2 3 4
+  PYTHONPATH=. python -m examples.studies.converged --report
+  PYTHONPATH=. python -m examples.studies.converged --quick   # smoke, seconds
+
+Failure, defined before any run: a final relative L2 error that is not
+finite or is >= 1 (no better than predicting zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+import softadapt_jax as sa
+from examples.studies import _pinn_problems as pinn
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "converged"
+FAILURE = 1.0
+
+# name -> (rule factory on the loss names, statistics route)
+Method = Callable[[list[str]], sa.LossWeighting]
+METHODS: dict[str, Method] = {
+    "equal": lambda n: sa.equal_weights(n),
+    "fixed_bc10": lambda n: sa.fixed_weights({n[0]: 1.0, n[1]: 10.0}),
+    "fixed_bc100": lambda n: sa.fixed_weights({n[0]: 1.0, n[1]: 100.0}),
+    "fixed_bc1000": lambda n: sa.fixed_weights({n[0]: 1.0, n[1]: 1000.0}),
+    "softadapt_original": lambda n: sa.softadapt(
+        n, beta=0.1, scale_by_num_losses=True
+    ),
+    "softadapt_loss_weighted": lambda n: sa.softadapt(
+        n, beta=0.1, variant="loss_weighted", scale_by_num_losses=True
+    ),
+    "softadapt_normalized": lambda n: sa.softadapt(
+        n, beta=0.1, variant="normalized", normalization="l1",
+        scale_by_num_losses=True,
+    ),
+    "softadapt_log": lambda n: sa.softadapt(
+        n, beta=1.0, log_losses=True, scale_by_num_losses=True
+    ),
+    "ratio_softadapt": lambda n: sa.ratio_softadapt(n),
+    "dwa": lambda n: sa.dwa(n, steps_per_epoch=100),
+    "relobralo": lambda n: sa.relobralo(n),
+    "relobralo_t1": lambda n: sa.relobralo(n, **sa.RELOBRALO_CONVENTIONS["author_cli"]),
+    "rlw": lambda n: sa.random_weighting(n, scale_by_num_losses=True),
+    **{
+        f"lra_{name}": (lambda conv: lambda n: sa.grad_balance(
+            n, **sa.GRAD_BALANCE_CONVENTIONS[conv]
+        ))(name)
+        for name in sa.GRAD_BALANCE_CONVENTIONS
+    },
+    "lra_jaxpi_100": lambda n: sa.grad_balance(
+        n, **dict(sa.GRAD_BALANCE_CONVENTIONS["jaxpi"], update_every=100)
+    ),
+    "gradnorm_libmtl": lambda n: sa.gradnorm(n, **sa.GRADNORM_CONVENTIONS["libmtl"]),
+    "gradnorm_physicsnemo": lambda n: sa.gradnorm(
+        n, **sa.GRADNORM_CONVENTIONS["physicsnemo"]
+    ),
+    "famo": lambda n: sa.famo(n, **sa.FAMO_CONVENTIONS["famo"]),
+    "famo_one_pass": lambda n: sa.famo(n, form="one_pass"),
+    "uw_libmtl": lambda n: sa.uncertainty_weighting(
+        n, **sa.UNCERTAINTY_CONVENTIONS["libmtl"]
+    ),
+    "uw_physicsnemo": lambda n: sa.uncertainty_weighting(
+        n, **sa.UNCERTAINTY_CONVENTIONS["physicsnemo"]
+    ),
+    "config": lambda n: sa.conflict_free(n),
+    "pcgrad": lambda n: sa.pcgrad(n),
+    "imtl_g": lambda n: sa.imtl_g(n),
+    "aligned_mtl": lambda n: sa.aligned_mtl(n),
+}
+for _name in ("mgda", "upgrad", "dualproj", "cagrad", "nash_mtl"):
+  if hasattr(sa, _name):  # the aggregators, where they have landed
+    METHODS[_name] = (lambda f: lambda n: f(n))(getattr(sa, _name))
+
+PROBLEMS = {
+    "helmholtz": (pinn.helmholtz, 40_000, 5, 4_000),
+    **{
+        f"poisson_c{c}": ((lambda c: lambda: pinn.poisson(c))(c), 40_000, 10, 4_000)
+        for c in (1, 2, 4, 8, 16)
+    },
+}
+
+
+def result_path(problem: str, method: str, seed: int) -> pathlib.Path:
+  return RESULTS / problem / method / f"seed{seed}.json"
+
+
+def run_one(problem: str, method: str, seed: int, *, steps: int, chunk: int,
+            out: pathlib.Path | None) -> dict[str, Any]:
+  make_problem = PROBLEMS[problem][0]
+  prob = make_problem()
+  rule = METHODS[method](list(prob.names))
+  t0 = time.perf_counter()
+  result = pinn.train(prob, rule, seed, steps, chunk=chunk)
+  result.update(
+      problem=problem, method=method, seed=seed, steps=steps,
+      wall_seconds=time.perf_counter() - t0,
+      machine=f"{platform.machine()} {os.cpu_count()} cpus",
+      versions={"jax": jax.__version__, "softadapt_jax": sa.__version__},
+  )
+  if out is not None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(out)  # a run is either complete on disk or absent
+  return result
+
+
+def load(problem: str) -> dict[str, dict[int, dict[str, Any]]]:
+  out: dict[str, dict[int, dict[str, Any]]] = {}
+  for path in sorted((RESULTS / problem).glob("*/seed*.json")):
+    data = json.loads(path.read_text())
+    out.setdefault(data["method"], {})[data["seed"]] = data
+  return out
+
+
+def _fmt(x: float) -> str:
+  return "nan" if not math.isfinite(x) else f"{x:.3g}"
+
+
+def report(problem: str) -> str:
+  """The table of one problem from its result files (markdown)."""
+  runs = load(problem)
+  if not runs:
+    return f"## {problem}\n\nNo results yet.\n"
+  steps = PROBLEMS[problem][1]
+  marks = [steps // 5, steps // 2, steps]
+  base = runs.get("equal", {})
+  fixed = [m for m in runs if m.startswith("fixed_")]
+  lines = [
+      f"## {problem}\n",
+      f"Relative L2 error, median [min, max] over seeds; failed = final error "
+      f">= {FAILURE} or not finite; wins = seeds on which the method's final "
+      "error is below equal weights' (and below the best fixed weight's, the "
+      "fixed weight with the lowest median) on the same seed.\n",
+      "| method | seeds | failed | at 20 % | at 50 % | final | wins vs equal "
+      "| wins vs best fixed | ms / step |",
+      "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+  ]
+
+  def final(m: str, s: int) -> float:
+    e = runs[m][s]["errors"]
+    return float(e.get(str(steps), e.get(steps, math.nan)))
+
+  best_fixed = min(
+      fixed, key=lambda m: statistics.median(final(m, s) for s in runs[m]),
+      default=None,
+  )
+  rows = sorted(runs, key=lambda m: statistics.median(final(m, s) for s in runs[m]))
+  for m in rows:
+    seeds = sorted(runs[m])
+    finals = [final(m, s) for s in seeds]
+    failed = sum(1 for x in finals if not math.isfinite(x) or x >= FAILURE)
+    at = []
+    for mark in marks:
+      vals = [float(runs[m][s]["errors"].get(str(mark), math.nan)) for s in seeds]
+      at.append(_fmt(statistics.median(vals)))
+    med = statistics.median(finals)
+    wins = sum(1 for s in seeds if s in base and final(m, s) < final("equal", s))
+    common = [s for s in seeds if s in base]
+    wins_fixed = "-"
+    if best_fixed is not None:
+      common_f = [s for s in seeds if s in runs[best_fixed]]
+      wins_fixed = (f"{sum(1 for s in common_f if final(m, s) < final(best_fixed, s))}"
+                    f"/{len(common_f)}")
+    ms = statistics.median(runs[m][s]["seconds_per_step"] for s in seeds) * 1e3
+    lines.append(
+        f"| {m} | {len(seeds)} | {failed} | {at[0]} | {at[1]} | "
+        f"{_fmt(med)} [{_fmt(min(finals))}, {_fmt(max(finals))}] | "
+        f"{wins}/{len(common)} | {wins_fixed} | {ms:.2f} |"
+    )
+  published = pinn.POISSON_PUBLISHED.get(int(problem[9:])) if problem.startswith(
+      "poisson_c") else 0.194
+  lines.append(
+      f"\nPublished plain PINN (Wang, Teng, Perdikaris 2021): {published}"
+      + (" +- 0.039; learning-rate annealing 0.0144 +- 0.0064."
+         if problem == "helmholtz" else ".")
+  )
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--problem", default="helmholtz", choices=sorted(PROBLEMS))
+  parser.add_argument("--methods", nargs="+", default=["equal"])
+  parser.add_argument("--seeds", type=int, nargs="+", default=None)
+  parser.add_argument("--quick", action="store_true",
+                      help="a smoke run: 200 steps, nothing written")
+  parser.add_argument("--report", action="store_true")
+  args = parser.parse_args(argv)
+  if args.report:
+    text = "\n".join(report(p) for p in PROBLEMS)
+    (RESULTS / "README.md").parent.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "README.md").write_text("# Converged PINN studies\n\n" + text)
+    print(text)
+    return
+  _, steps, num_seeds, chunk = PROBLEMS[args.problem]
+  seeds = args.seeds if args.seeds is not None else list(range(num_seeds))
+  methods = list(METHODS) if args.methods == ["all"] else args.methods
+  for method in methods:
+    for seed in seeds:
+      if args.quick:
+        res = run_one(args.problem, method, seed, steps=200, chunk=100, out=None)
+        print(f"{args.problem} {method} seed {seed}: {res['errors']}", flush=True)
+        continue
+      path = result_path(args.problem, method, seed)
+      if path.exists():
+        continue
+      res = run_one(args.problem, method, seed, steps=steps, chunk=chunk, out=path)
+      print(f"{args.problem} {method} seed {seed}: final "
+            f"{res['errors'][steps]:.4g} ({res['wall_seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
