@@ -68,9 +68,10 @@ def weighted_value_and_grad(
   The weights are a constant of the backward pass (``stop_gradient``), so
   ``h`` is one ``jax.vjp`` of the losses with cotangent ``lambda``: the cost
   of differentiating the plain sum. For a rule of loss values ``K`` separate
-  gradients are never formed. The returned function is ``g(state, params, *args, **kwargs)``:
-  ``state`` is the rule's state or any pytree holding exactly one (an
-  ``opt_state`` with :func:`track_weights` of the rule in its chain), and
+  gradients are never formed. The returned function is
+  ``g(state, params, *args, **kwargs)``: ``state`` is the rule's state or
+  any pytree holding exactly one (an ``opt_state`` with
+  :func:`track_weights` of the rule in its chain), and
   ``fun(params, *args, **kwargs)`` returns the losses in the rule's structure
   (a ``[K]`` vector, or a dict of named scalars).
 
