@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -237,7 +237,7 @@ def train(
     updates, opt_state = tx.update(
         out.grad, opt_state, params, weighting_state=out.state
     )
-    params = optax.apply_updates(params, updates)
+    params = cast(Params, optax.apply_updates(params, updates))
     if rule.observes_after_step:  # FAMO's exact form: one extra forward
       opt_state = sa.observe_after_step(
           opt_state, rule, problem.losses(params, batch)
@@ -251,7 +251,8 @@ def train(
   @jax.jit
   def segment(carry, keys):
     carry, log = jax.lax.scan(step, carry, keys)
-    return carry, jax.tree.map(lambda x: x[::100], log), problem.error(carry[0])
+    error = problem.error(cast(Params, carry[0]))
+    return carry, jax.tree.map(lambda x: x[::100], log), error
 
   keys = jax.random.split(key_data, steps).reshape(steps // chunk, chunk)
   carry = (params, tx.init(params))

@@ -77,7 +77,7 @@ METHODS: dict[str, Method] = {
         for name in sa.GRAD_BALANCE_CONVENTIONS
     },
     "lra_jaxpi_100": lambda n: sa.grad_balance(
-        n, **dict(sa.GRAD_BALANCE_CONVENTIONS["jaxpi"], update_every=100)
+        n, **{**sa.GRAD_BALANCE_CONVENTIONS["jaxpi"], "update_every": 100}
     ),
     "gradnorm_libmtl": lambda n: sa.gradnorm(n, **sa.GRADNORM_CONVENTIONS["libmtl"]),
     "gradnorm_physicsnemo": lambda n: sa.gradnorm(
@@ -208,7 +208,7 @@ def report(problem: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
   parser.add_argument("--problem", default="helmholtz", choices=sorted(PROBLEMS))
   parser.add_argument("--methods", nargs="+", default=["equal"])
   parser.add_argument("--seeds", type=int, nargs="+", default=None)
