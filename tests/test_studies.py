@@ -273,3 +273,107 @@ def test_pinns_smoke(tmp_path):
     for row in rows.values():
       assert len(row["rel_l2"]) == 2
       assert all(e > 0 for e in row["rel_l2"])
+
+
+# ---------------------------------------------------------------------------
+# The multi-task study (examples/studies/multitask.py).
+# ---------------------------------------------------------------------------
+
+
+def test_multitask_toy_objectives_and_pareto_front():
+  from examples.studies import _multitask_problems as P
+
+  # x2 > 0: the log terms only; x2 < 0: the quadratics only; x2 = 0: zero.
+  c = math.tanh(2.5)
+  expected = [0.1 * (math.log(math.tanh(5.0)) + 6) * c,
+              (math.log(7 - math.tanh(5.0)) + 6) * c]
+  np.testing.assert_allclose(P.toy_objectives(jnp.array([-7.0, 5.0])), expected,
+                             rtol=1e-5)
+  t = math.tanh(4.0)
+  np.testing.assert_allclose(P.toy_objectives(jnp.array([0.0, -8.0])),
+                             [0.1 * -15.1 * t, -15.1 * t], rtol=1e-5)
+  np.testing.assert_allclose(P.toy_objectives(jnp.zeros(2)), 0.0, atol=1e-7)
+  np.testing.assert_allclose(P.toy_objectives(np.array([3.0, -2.0]), np),
+                             P.toy_objectives(jnp.array([3.0, -2.0])), rtol=1e-5)
+  # The front: Pareto stationary, gap 0, the papers' y = -8.3552 at x1 = 0.
+  front = P.pareto_set()
+  assert abs(front[len(front) // 2, 1] + 8.3552) < 1e-3
+  np.testing.assert_allclose(P.pareto_gap(front[::100]), 0.0, atol=1e-6)
+  assert np.all(P.pareto_stationarity(front[::100]) < 1e-4)
+  assert np.all(P.pareto_distance(front[::100]) < 1e-9)
+  # (0, 0) has f = (0, 0): the front's midpoint, unscaled f = -15.09 * (1, 1),
+  # improves both objectives by 15.09; a point beyond the front's end is off it.
+  np.testing.assert_allclose(P.pareto_gap([[0.0, 0.0]]), 15.1 * math.tanh(8.3551 / 2),
+                             rtol=1e-4)
+  assert P.pareto_gap([[8.0, front[-1, 1]]])[0] > P.TOY_TOLERANCE
+  assert P.pareto_gap([[np.nan, 0.0]])[0] == np.inf
+  # No point of a dense grid dominates a point of the front, and every grid
+  # point is dominated by the front to within 1e-3: the curve is the Pareto set.
+  g1, g2 = np.meshgrid(np.linspace(-10, 10, 201), np.linspace(-12, 10, 221))
+  grid = np.stack([g1.ravel(), g2.ravel()], axis=1)
+  f_grid = P.toy_objectives(grid, np)
+  f_grid = f_grid[np.argsort(f_grid[:, 0])]  # its non-dominated points:
+  f_grid = f_grid[f_grid[:, 1] <= np.minimum.accumulate(f_grid[:, 1])]
+  f_front = P.toy_objectives(front[::4], np)
+  assert not np.any(np.all(f_grid[:, None] < f_front[None] - 1e-6, axis=2))
+  eps = np.max(np.min(np.max(f_front[None] - f_grid[:, None], axis=2), axis=1))
+  assert eps < 1e-3
+
+
+def test_multitask_every_method_builds_a_rule():
+  from examples.studies import multitask as mt
+
+  for problem in mt.PROBLEMS:
+    spec = mt.spec(problem, 3) if problem == "toy" else None
+    names = mt.methods(problem)
+    assert next(iter(names)) == "equal"
+    assert sum(n.startswith("fixed_") for n in names) == len(mt.PROBLEMS[problem].fixed)
+    if spec is not None:
+      for name, factory in names.items():
+        rule = factory(spec)
+        assert rule.names == ("f1", "f2"), name
+  assert mt.is_stochastic("toy", "rlw")
+  assert not mt.is_stochastic("toy", "equal")
+  assert mt.seeds_to_run("toy", "equal", [0, 1, 2]) == [0]
+  assert mt.seeds_to_run("toy", "rlw", [0, 1, 2]) == [0, 1, 2]
+
+
+def test_multitask_quick(tmp_path):
+  pytest.importorskip("sklearn")
+  from examples.studies import _multitask_problems as P
+  from examples.studies import multitask as mt
+
+  before = sorted(mt.RESULTS.rglob("*")) if mt.RESULTS.exists() else []
+  out = mt.main(["--quick"])
+  assert out is not None
+  after = sorted(mt.RESULTS.rglob("*")) if mt.RESULTS.exists() else []
+  assert before == after  # nothing written
+  digits = out["digits"]
+  assert list(digits) == mt.QUICK["digits"]
+  for res in digits.values():
+    m = res["metrics"][200]
+    assert 0.0 <= m["accuracy"] <= 1.0
+    assert all(math.isfinite(v) and v >= 0 for v in m.values())
+    assert np.asarray(res["log"]["weights"]).shape == (len(res["log"]["step"]), 3)
+    assert res["seconds_per_step"] > 0
+  np.testing.assert_allclose(digits["equal"]["log"]["weights"], 1.0)
+  famo = np.asarray(digits["famo"]["log"]["weights"])  # exact form: it learns
+  np.testing.assert_allclose(famo.sum(axis=1), 1.0, rtol=1e-5)
+  assert not np.allclose(famo[-1], 1 / 3)
+  for res in out["toy"].values():
+    traj = np.asarray(res["trajectory"])
+    assert traj.shape == (5, 101, 2)
+    np.testing.assert_allclose(traj[:, 0], P.TOY_STARTS)
+    np.testing.assert_allclose(traj[:, -1], res["final_x"])
+    assert all(g >= 0 for g in res["gap"][1000])
+  # The tables and figures from these runs.
+  text = mt.report_digits({k: {0: v} for k, v in digits.items()}, steps=200)
+  assert "| famo | 1 | " in text
+  assert "wins vs equal" in text
+  text = mt.report_toy({k: {0: v} for k, v in out["toy"].items()}, steps=1000)
+  assert "| pcgrad | 1 | " in text
+  names = mt.figures({k: {0: v} for k, v in digits.items()},
+                     {k: {0: v} for k, v in out["toy"].items()}, tmp_path,
+                     digits_steps=200)
+  for name in names:
+    assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
