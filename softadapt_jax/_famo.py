@@ -177,11 +177,6 @@ def famo(
     )
 
   def observe_fn(state: FAMOState, after: jax.Array) -> FAMOState:
-    if form != "exact":
-      raise ValueError(
-          "observe_after_step is for famo(form='exact'); the one-pass form "
-          "learns from the next step's losses by itself."
-      )
     ok = jnp.all(jnp.isfinite(after)) & (state.count >= 1)
     learned = learn(state, state.previous_losses, after)
     return jax.tree.map(lambda new, old: jnp.where(ok, new, old), learned, state)
@@ -195,5 +190,6 @@ def famo(
       num_losses,
       axis_name=axis_name,
       diagnostics_fn=diagnostics_fn,
-      observe_fn=observe_fn,
+      # The one-pass form learns from the next step's losses by itself.
+      observe_fn=observe_fn if form == "exact" else None,
   )

@@ -289,7 +289,9 @@ def test_famo_one_pass_form_against_the_reference_sequence():
       ours.append(np.asarray(w))
   np.testing.assert_allclose(np.stack(ours), expected, rtol=1e-10)
   np.testing.assert_allclose(state.logits, xi, rtol=1e-10, atol=1e-14)
-  with pytest.raises(ValueError, match="form='exact'"):
+  assert not rule.observes_after_step
+  assert sa.famo(K).observes_after_step
+  with pytest.raises(TypeError, match="takes no losses after the step"):
     rule.observe_after_step(state, jnp.ones(K))
 
 
