@@ -25,6 +25,12 @@ from softadapt_jax._aligned_mtl import (
     aligned_mtl,
     aligned_mtl_weights,
 )
+from softadapt_jax._cagrad import (
+    CAGRAD_CONVENTIONS,
+    CAGradState,
+    cagrad,
+    cagrad_weights,
+)
 from softadapt_jax._config import ConFIGState, config_weights, conflict_free
 from softadapt_jax._diagnostics import diagnostics
 from softadapt_jax._dwa import DWAState, dwa
@@ -38,6 +44,12 @@ from softadapt_jax._grad_balance import (
 from softadapt_jax._gradnorm import GRADNORM_CONVENTIONS, GradNormState, gradnorm
 from softadapt_jax._imtl import IMTLState, imtl_g, imtl_g_weights
 from softadapt_jax._linen import apply_gradients
+from softadapt_jax._nash_mtl import (
+    NASH_MTL_CONVENTIONS,
+    NashMTLState,
+    nash_mtl,
+    nash_mtl_weights,
+)
 from softadapt_jax._pcgrad import (
     PCGRAD_CONVENTIONS,
     PCGradState,
@@ -84,14 +96,17 @@ __version__ = "0.2.0"
 
 __all__ = (
     "ALIGNED_MTL_CONVENTIONS",
+    "CAGRAD_CONVENTIONS",
     "FAMO_CONVENTIONS",
     "GRADNORM_CONVENTIONS",
     "GRAD_BALANCE_CONVENTIONS",
+    "NASH_MTL_CONVENTIONS",
     "PCGRAD_CONVENTIONS",
     "RATIO_SOFTADAPT_CONVENTIONS",
     "RELOBRALO_CONVENTIONS",
     "UNCERTAINTY_CONVENTIONS",
     "AlignedMTLState",
+    "CAGradState",
     "ConFIGState",
     "DWAState",
     "FAMOState",
@@ -101,6 +116,7 @@ __all__ = (
     "GradientStatistics",
     "IMTLState",
     "LossWeighting",
+    "NashMTLState",
     "PCGradState",
     "PerEpochState",
     "RandomWeightingState",
@@ -112,6 +128,8 @@ __all__ = (
     "aligned_mtl",
     "aligned_mtl_weights",
     "apply_gradients",
+    "cagrad",
+    "cagrad_weights",
     "combine_grads",
     "config_weights",
     "conflict_free",
@@ -127,6 +145,8 @@ __all__ = (
     "imtl_g",
     "imtl_g_weights",
     "init_state",
+    "nash_mtl",
+    "nash_mtl_weights",
     "observe_after_step",
     "pcgrad",
     "pcgrad_weights",
