@@ -44,6 +44,7 @@ from softadapt_jax._grad_balance import (
 from softadapt_jax._gradnorm import GRADNORM_CONVENTIONS, GradNormState, gradnorm
 from softadapt_jax._imtl import IMTLState, imtl_g, imtl_g_weights
 from softadapt_jax._linen import apply_gradients
+from softadapt_jax._mgda import MGDA_CONVENTIONS, MGDAState, mgda, mgda_weights
 from softadapt_jax._nash_mtl import (
     NASH_MTL_CONVENTIONS,
     NashMTLState,
@@ -90,6 +91,14 @@ from softadapt_jax._uncertainty import (
   UncertaintyState,
   uncertainty_weighting,
 )
+from softadapt_jax._upgrad import (
+    DualProjState,
+    UPGradState,
+    dualproj,
+    dualproj_weights,
+    upgrad,
+    upgrad_weights,
+)
 from softadapt_jax._weights import softmax_weights, weights_from_history
 
 __version__ = "0.2.0"
@@ -100,6 +109,7 @@ __all__ = (
     "FAMO_CONVENTIONS",
     "GRADNORM_CONVENTIONS",
     "GRAD_BALANCE_CONVENTIONS",
+    "MGDA_CONVENTIONS",
     "NASH_MTL_CONVENTIONS",
     "PCGRAD_CONVENTIONS",
     "RATIO_SOFTADAPT_CONVENTIONS",
@@ -109,6 +119,7 @@ __all__ = (
     "CAGradState",
     "ConFIGState",
     "DWAState",
+    "DualProjState",
     "FAMOState",
     "FixedWeightsState",
     "GradBalanceState",
@@ -116,6 +127,7 @@ __all__ = (
     "GradientStatistics",
     "IMTLState",
     "LossWeighting",
+    "MGDAState",
     "NashMTLState",
     "PCGradState",
     "PerEpochState",
@@ -123,6 +135,7 @@ __all__ = (
     "RatioSoftAdaptState",
     "ReLoBRaLoState",
     "SoftAdaptState",
+    "UPGradState",
     "UncertaintyState",
     "WeightedGrad",
     "aligned_mtl",
@@ -134,6 +147,8 @@ __all__ = (
     "config_weights",
     "conflict_free",
     "diagnostics",
+    "dualproj",
+    "dualproj_weights",
     "dwa",
     "equal_weights",
     "famo",
@@ -145,6 +160,8 @@ __all__ = (
     "imtl_g",
     "imtl_g_weights",
     "init_state",
+    "mgda",
+    "mgda_weights",
     "nash_mtl",
     "nash_mtl_weights",
     "observe_after_step",
@@ -160,6 +177,8 @@ __all__ = (
     "softmax_weights",
     "track_weights",
     "uncertainty_weighting",
+    "upgrad",
+    "upgrad_weights",
     "weighted_value_and_grad",
     "weights_from_history",
 )
