@@ -65,7 +65,7 @@ def aligned_mtl_weights(
   rank = jnp.sum(keep)
   safe = jnp.where(keep, lam, 1.0)
   if scale == "min":
-    s = jnp.min(jnp.where(keep, lam, jnp.inf))
+    s = jnp.min(jnp.where(keep, lam, jnp.finfo(lam.dtype).max))
   elif scale == "median":
     # The kept values are the last `rank` ones; the lower median of those.
     index = k - rank + (rank - 1) // 2

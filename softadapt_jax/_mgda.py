@@ -133,8 +133,8 @@ def _projected_gradient(
   upper = jnp.arange(k)[:, None] < jnp.arange(k)[None, :]
   # Strict `<` over the row-major pairs: the first of equal costs wins. The
   # official running minimum starts at 1e8 (and fails when every pair costs
-  # more); +inf here.
-  best = jnp.argmin(jnp.where(upper, cost, jnp.inf).ravel())
+  # more); the largest float here.
+  best = jnp.argmin(jnp.where(upper, cost, jnp.finfo(cost.dtype).max).ravel())
   i, j = best // k, best % k
   x = jnp.zeros((k,), gram.dtype).at[i].set(c.ravel()[best])
   x = x.at[j].set(1.0 - c.ravel()[best])

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import softadapt_jax as sa
 from softadapt_jax import _statistics as st
@@ -41,6 +42,14 @@ class RuleCase:
     cadence: the update cadence of a gradient rule, in calls.
     zero_dominates: a loss of exactly 0 takes (nearly) all the weight, by the
       rule's own formula (FAMO: ``lambda_k ~ z_k / (L_k + 1e-8)``).
+    nonnegative: the weights are never negative (IMTL-G, ConFIG and
+      Aligned-MTL may give a gradient a negative weight).
+    pareto: the rule stops at a Pareto-stationary point (MGDA), not at the
+      minimum of the sum.
+    slow: run only with ``pytest -m slow``: the aggregators whose solvers take
+      seconds to compile in every test's program (their own files test them
+      in the default run; ``pcgrad`` and ``conflict_free`` carry the kit's
+      contract there).
     epoch: for a :func:`per_epoch` rule, ``(make_inner, steps_per_epoch)``:
       its epochs count skipped steps too, so it is checked against the inner
       rule fed the epoch means of the finite steps.
@@ -55,6 +64,9 @@ class RuleCase:
   epoch: tuple[Callable[..., sa.LossWeighting], int] | None = None
   cadence: int = 1
   zero_dominates: bool = False
+  nonnegative: bool = True
+  pareto: bool = False
+  slow: bool = False
 
   def rule(self, h: Any = None, spec: Any = K, **kw: Any) -> sa.LossWeighting:
     """The rule; one that needs gradient statistics reads them, when
@@ -83,8 +95,10 @@ def synthetic_statistics(rule: sa.LossWeighting, losses: Any) -> dict:
   """Gradient statistics as a bounded function of the losses (for protocol tests).
 
   Each ``[K]`` entry is ``log1p(|L|) + c`` (finite and positive whatever the
-  losses' magnitude, non-finite where a loss is), the Gramian its outer
-  product plus the identity.
+  losses' magnitude, non-finite where a loss is). The Gramian is
+  ``D C D`` with ``D = diag(log1p(|L|) + 1)`` and ``C`` a fixed positive
+  definite correlation matrix with conflicting pairs (negative cosines), so
+  that every aggregator has something to do.
   """
   assert rule.statistics is not None
   vector = rule.structure.flatten(losses).astype(jnp.float32)
@@ -93,7 +107,11 @@ def synthetic_statistics(rule: sa.LossWeighting, losses: Any) -> dict:
   out = {}
   for i, name in enumerate(sorted(zeros)):
     if name == "gramian":
-      out[name] = jnp.outer(base, base) + jnp.eye(rule.num_losses)
+      k = rule.num_losses
+      parity = (jnp.arange(k)[:, None] + jnp.arange(k)[None, :]) % 2
+      signs = jnp.where(parity, -1.0, 0.5)
+      corr = jnp.eye(k) + (0.9 / max(k - 1, 1)) * signs * (1 - jnp.eye(k))
+      out[name] = base[:, None] * corr * base[None, :]
     elif name == "n":
       out[name] = jnp.full_like(base, 10.0)
     else:
@@ -221,8 +239,56 @@ RULES: dict[str, RuleCase] = {
         ),
         (0.05, 0.3), _none,
     ),
+    # The Gramian aggregators (the protocol contracts read a synthetic
+    # Gramian, the routes the real one).
+    "mgda": RuleCase(lambda h, spec, **kw: sa.mgda(spec, **kw), (1.0, 1.0),
+                     _one, swept=False, pareto=True, slow=True),
+    "mgda_official": RuleCase(
+        lambda h, spec, **kw: sa.mgda(spec, **sa.MGDA_CONVENTIONS["official"], **kw),
+        (1.0, 1.0), _one, swept=False, pareto=True, slow=True,
+    ),
+    "upgrad": RuleCase(
+        lambda h, spec, **kw: sa.upgrad(spec, reg_eps=h, **kw), (1e-4, 0.5), _none,
+        slow=True,
+    ),
+    "dualproj": RuleCase(
+        lambda h, spec, **kw: sa.dualproj(spec, reg_eps=h, **kw), (1e-4, 0.5), _none,
+        slow=True,
+    ),
+    "conflict_free": RuleCase(
+        lambda h, spec, **kw: sa.conflict_free(spec, **kw), (1.0, 1.0), _none,
+        swept=False, nonnegative=False,
+    ),
+    "pcgrad": RuleCase(
+        lambda h, spec, seed=0, **kw: sa.pcgrad(spec, seed=seed, **kw), (1.0, 1.0),
+        _none, swept=False, keyed=True,
+    ),
+    "imtl_g": RuleCase(
+        lambda h, spec, **kw: sa.imtl_g(spec, **kw), (1.0, 1.0), _none,
+        swept=False, nonnegative=False, slow=True,
+    ),
+    "aligned_mtl": RuleCase(
+        lambda h, spec, **kw: sa.aligned_mtl(spec, **kw), (1.0, 1.0), _none,
+        swept=False, nonnegative=False, slow=True,
+    ),
+    "cagrad": RuleCase(
+        lambda h, spec, **kw: sa.cagrad(spec, alpha=h, **kw), (0.5, 0.1), _none,
+        slow=True,
+    ),
+    "nash_mtl": RuleCase(
+        lambda h, spec, **kw: sa.nash_mtl(spec, max_norm=h, **kw), (1.0, 0.0), _none,
+        slow=True,
+    ),
 }
-ALL = sorted(RULES)
+def params(names: list[str]) -> list[Any]:
+  """The rule names as pytest parameters, the slow ones marked ``slow``."""
+  return [
+      pytest.param(n, marks=pytest.mark.slow) if RULES[n].slow else n
+      for n in names
+  ]
+
+
+ALL = params(sorted(RULES))
 # The settings the contract does not repeat are covered by each rule's own
 # tests: SoftAdapt's every setting (test_softadapt), the peers' conventions of
 # ratio SoftAdapt and DWA fed epoch means (test_family_formulas), every

@@ -164,7 +164,7 @@ def test_mgda_official_replays_the_oracle(name):
 def test_mgda_official_replays_the_oracle_on_random_fast_cases():
   rng = np.random.default_rng(7)
   checked = 0
-  for _ in range(40):
+  for _ in range(16):
     k = int(rng.integers(3, 7))
     jac = rng.normal(size=(k, 40)) + rng.normal(size=(1, 40))  # some agreement
     g = jac @ jac.T
@@ -175,7 +175,7 @@ def test_mgda_official_replays_the_oracle_on_random_fast_cases():
     assert int(it) == info["iterations"]  # 0 to 40 iterations here
     np.testing.assert_allclose(x, xo, rtol=0, atol=2e-11)  # 3.8e-12 measured
     checked += 1
-  assert checked >= 20
+  assert checked >= 8
 
 
 @pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
@@ -507,7 +507,14 @@ def test_vmap_over_a_batch_of_gramians():
     np.testing.assert_allclose(w[i], UPGRAD(batch[0], reg_eps=r), rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", NAMES)
+# float32 on the cases that stress it (one per K and the degenerate ones).
+FLOAT32_CASES = [
+    "antiparallel_K2_n5", "random_K3_n5", "random_K5_n40", "random_K8_n40",
+    "random_K16_n40", "zero_row_K3_n5", "tiny_K3_n5", "rank_deficient_K5_n40",
+]
+
+
+@pytest.mark.parametrize("name", FLOAT32_CASES)
 def test_float32_runs_finite_and_close(name):
   """float32 (x64 off): finite everywhere; UPGrad and DualProj within 2e-6 of
   float64 (measured), MGDA's objective within 2e-8 of the optimum (its
