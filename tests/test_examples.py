@@ -61,3 +61,32 @@ def test_pinn_poisson_plot(pinn_poisson, tmp_path):
   metrics = pinn_poisson.main(["--steps", "30", "--chunk", "30", "--out", str(out)])
   _check_metrics(metrics, steps=30)
   assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_multitask_aggregators_runs_each_rule_on_the_same_data():
+  multitask = _load("multitask_aggregators")
+  rules = ("equal_weights", "upgrad", "pcgrad")
+  results = multitask.main(
+      ["--rule", *rules, "--steps", "15", "--batch", "16", "--train", "64",
+       "--test", "64", "--gramian-on", "trunk"]
+  )
+  assert tuple(results) == rules
+  for name in rules:
+    run = results[name]
+    assert run["weights"].shape == (15, 3)
+    assert run["losses"].shape == (15, 3)
+    assert np.all(np.isfinite(run["losses"]))
+    assert math.isfinite(run["ms_per_step"])
+    assert run["ms_per_step"] > 0
+    metrics = run["metrics"]
+    assert set(metrics) == {"big_nmse", "small_nmse", "label_accuracy"}
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert 0.0 <= metrics["label_accuracy"] <= 1.0
+  # Paired runs: the same first batch at the same initialisation.
+  first = {name: results[name]["losses"][0] for name in rules}
+  np.testing.assert_allclose(first["upgrad"], first["equal_weights"], rtol=1e-6)
+  np.testing.assert_allclose(first["pcgrad"], first["equal_weights"], rtol=1e-6)
+  np.testing.assert_array_equal(results["equal_weights"]["weights"], 1.0)
+  # UPGrad's weights are at least 1/K; PCGrad's at least 1.
+  assert np.all(results["upgrad"]["weights"] >= 1.0 / 3 - 1e-6)
+  assert np.all(results["pcgrad"]["weights"] >= 1.0 - 1e-6)
