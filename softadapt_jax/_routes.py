@@ -132,15 +132,29 @@ def weighted_value_and_grad(
       state: Any, params: Any, *args: Any, **kwargs: Any
   ) -> WeightedGrad:
     rule_state = find_weighting_state(state, rule)
-    out, vjp_fn, *aux = jax.vjp(
-        lambda p: fun(p, *args, **kwargs), params, has_aux=has_aux
-    )
+
+    def global_fun(p: Any) -> Any:
+      """``fun`` with its losses averaged over the data axis.
+
+      Differentiating the averaged losses gives the gradient of the global
+      mean whatever the data axis is: under ``shard_map`` with its type
+      checks (where the cotangents of replicated parameters are summed over
+      the devices by JAX itself), without them, under ``pmap`` or ``vmap``.
+      """
+      value = fun(p, *args, **kwargs)
+      if axis_name is None:
+        return value
+      if has_aux:
+        return jax.lax.pmean(value[0], axis_name), value[1]
+      return jax.lax.pmean(value, axis_name)
+
+    out, vjp_fn, *aux = jax.vjp(global_fun, params, has_aux=has_aux)
     statistics = None
     spec = rule.statistics
     if spec is not None:
 
       def fun_vector(p: Any) -> jax.Array:
-        value = fun(p, *args, **kwargs)
+        value = global_fun(p)
         return structure.flatten(value[0] if has_aux else value)
 
       statistics = _statistics_on_due_steps(
@@ -156,14 +170,12 @@ def weighted_value_and_grad(
         lambda c: jnp.where(recorded, c, jnp.zeros_like(c)),
         structure.like(weights, out),
     )
-    if axis_name is not None:
-      # The weights are replicated over the axis while `out` varies along it;
-      # under shard_map's type checks (check_vma) the cotangent must carry
-      # the same varying type as the primal output.
-      cotangent = jax.tree.map(lambda o, c: jnp.zeros_like(o) + c, out, cotangent)
     (grad,) = vjp_fn(cotangent)
     grad = _zero_unless(recorded, grad)
     if axis_name is not None:
+      # Already the gradient of the global mean on every replica (see
+      # global_fun); the mean over the axis makes its value identical on all
+      # of them and is a no-op on a value JAX already knows is replicated.
       grad = _float_leaves_map(lambda g: jax.lax.pmean(g, axis_name), grad)
     return WeightedGrad(
         losses=structure.unflatten(losses),

@@ -113,6 +113,41 @@ _SCRIPT = textwrap.dedent(
       np.testing.assert_allclose(dp_w, single_w, rtol=1e-4, atol=1e-6, err_msg=name)
       for a, b in zip(jax.tree.leaves(dp_params), jax.tree.leaves(single_params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+
+    # One step's direction and weights themselves (not only where Adam takes
+    # them): the gradient of the global mean, with and without shard_map's
+    # type checks, scale-sensitive rules included.
+    def one_call(factory, axis_name):
+      rule = factory(axis_name)
+      grad_fn = sa.weighted_value_and_grad(losses, rule)
+      def call(params, x, y):
+        out = grad_fn(rule.init(), params, x, y)
+        return out.grad, out.weights
+      return call
+
+    ONE_CALL = {
+        "equal_weights": lambda a: sa.equal_weights(K, axis_name=a),
+        "grad_balance": lambda a: sa.grad_balance(
+            K, update_every=1, after_step=False, weights_only=False,
+            axis_name=a),
+        "upgrad": lambda a: sa.upgrad(K, axis_name=a),
+        "nash_mtl": lambda a: sa.nash_mtl(K, max_norm=0.0, axis_name=a),
+    }
+    for name, factory in ONE_CALL.items():
+      g1, w1 = jax.jit(one_call(factory, None))(params0, x, y)
+      for check in (True, False):
+        gd, wd = jax.jit(
+            jax.shard_map(
+                one_call(factory, "data"), mesh=mesh,
+                in_specs=(P(), P("data"), P("data")), out_specs=(P(), P()),
+                check_vma=check,
+            )
+        )(params0, x, y)
+        np.testing.assert_allclose(wd, w1, rtol=1e-4, atol=1e-7,
+                                   err_msg=f"{name} check_vma={check}")
+        for a, b in zip(jax.tree.leaves(gd), jax.tree.leaves(g1)):
+          np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7,
+                                     err_msg=f"{name} check_vma={check}")
     print("DATA-PARALLEL-OK")
     """
 )
