@@ -794,7 +794,7 @@ def test_apply_if_finite_around_the_tracker(name):
   assert int(recorded.count) == 3
   params, opt_state = step(params, opt_state, 1.0)
   assert int(sa.find_weighting_state(opt_state, rule).count) == 4
-  assert int(opt_state.total_notfinite) == 0
+  assert int(cast(optax.ApplyIfFiniteState, opt_state).total_notfinite) == 0
   # combine_grads goes before apply_if_finite (its reject branch returns
   # zeros shaped like its input, which the stacked gradients are not).
   comb = optax.chain(
