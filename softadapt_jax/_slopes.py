@@ -76,7 +76,10 @@ def slopes(
 
   with ``c`` the ``(p+1)``-point stencil of
   :func:`finite_difference_coefficients`; only the newest ``p + 1`` rows of the
-  history are used. One ``[p+1] x [p+1, K]`` contraction, no loop over ``K``.
+  history are used. Computed as :math:`\sum_j c_j (H_j - H_0)` over the
+  window (the same, as :math:`\sum_j c_j = 0`): a constant component has a
+  slope of exactly 0 in any dtype, and every component is computed by the
+  same operations. No loop over ``K``.
 
   Args:
     history: ``[n, K]`` loss values, rows are time steps (oldest first),
@@ -112,6 +115,11 @@ def slopes(
       finite_difference_coefficients(p, stencil), dtype=history.dtype
   )
   window = history[-(p + 1):]
-  return jnp.tensordot(
-      coeffs, window, axes=1, precision=jax.lax.Precision.HIGHEST
-  )
+  # The stencil's weights sum to 0, so the same sum over the differences from
+  # the window's first row: a constant component has a slope of exactly 0
+  # (float32's rounded weights do not sum to 0 exactly, which gave a constant
+  # column a slope of ~eps * L that the normalized variant then amplified),
+  # and every component takes the same operations (a dot's accumulation order
+  # may differ between columns).
+  diffs = window - window[:1]
+  return jnp.sum(coeffs[:, None] * diffs, axis=0)

@@ -49,10 +49,13 @@ class RuleCase:
     rtol: how close the same run must be eagerly, jitted and scanned (an
       iterative solver stopping at a tolerance follows rounding: MGDA's
       official solver, stopping at 1e-5, agrees to ~1e-5).
-    slow: run only with ``pytest -m slow``: the aggregators whose solvers take
-      seconds to compile in every test's program (their own files test them
-      in the default run; ``pcgrad`` and ``conflict_free`` carry the kit's
-      contract there).
+    slow: run only with ``pytest -m slow``, to keep the default run under
+      five minutes on two cores: the aggregators whose solvers take seconds
+      to compile in every test's program (their own files test them in the
+      default run; ``conflict_free`` carries the Gramian kit's contract
+      there), and the rules whose code paths another default rule already
+      takes (log-slope SoftAdapt, ratio SoftAdapt, fixed weights, jaxpi's
+      LRA, one-pass FAMO, PCGrad). ``pytest -m slow`` runs them all.
     epoch: for a :func:`per_epoch` rule, ``(make_inner, steps_per_epoch)``:
       its epochs count skipped steps too, so it is checked against the inner
       rule fed the epoch means of the finite steps.
@@ -178,11 +181,11 @@ RULES: dict[str, RuleCase] = {
         lambda h, spec, **kw: sa.softadapt(
             spec, beta=h, log_losses=True, variant="loss_weighted", **kw
         ),
-        (0.5, 3.0), _one,
+        (0.5, 3.0), _one, slow=True,
     ),
     "ratio_softadapt": RuleCase(
         lambda h, spec, **kw: sa.ratio_softadapt(spec, temperature=h, **kw),
-        (1.0, 0.2), _k,
+        (1.0, 0.2), _k, slow=True,
     ),
     "dwa_steps": RuleCase(
         lambda h, spec, **kw: sa.dwa(spec, temperature=h, steps_per_epoch=3, **kw),
@@ -205,6 +208,7 @@ RULES: dict[str, RuleCase] = {
     ),
     "fixed_weights": RuleCase(
         _fixed, (1.0, 3.0), lambda h: float(h * _FIXED.sum()), adaptive=False,
+        slow=True,
     ),
     "grad_balance_wang2021": RuleCase(
         lambda h, spec, **kw: sa.grad_balance(
@@ -221,7 +225,7 @@ RULES: dict[str, RuleCase] = {
                 sa.GRAD_BALANCE_CONVENTIONS["jaxpi"], momentum=h, update_every=2
             ), **kw,
         ),
-        (0.9, 0.3), _none, cadence=2,
+        (0.9, 0.3), _none, cadence=2, slow=True,
     ),
     "gradnorm": RuleCase(
         lambda h, spec, **kw: sa.gradnorm(
@@ -231,7 +235,7 @@ RULES: dict[str, RuleCase] = {
     ),
     "famo": RuleCase(
         lambda h, spec, **kw: sa.famo(spec, form="one_pass", learning_rate=h, **kw),
-        (0.025, 0.3), _one, zero_dominates=True,
+        (0.025, 0.3), _one, zero_dominates=True, slow=True,
     ),
     "famo_exact": RuleCase(
         lambda h, spec, **kw: sa.famo(spec, min_losses=h, **kw),
@@ -265,7 +269,7 @@ RULES: dict[str, RuleCase] = {
     ),
     "pcgrad": RuleCase(
         lambda h, spec, seed=0, **kw: sa.pcgrad(spec, seed=seed, **kw), (1.0, 1.0),
-        _none, swept=False, keyed=True,
+        _none, swept=False, keyed=True, slow=True,
     ),
     "imtl_g": RuleCase(
         lambda h, spec, **kw: sa.imtl_g(spec, **kw), (1.0, 1.0), _none,

@@ -331,9 +331,13 @@ def test_cagrad_tiny_zero_and_degenerate_gramians_stay_finite():
   np.testing.assert_allclose(w, w[0])  # x stays at b: a multiple of the mean
 
 
-def test_cagrad_float32_close_to_float64():
+@pytest.mark.parametrize("k", [2, 3, 4, 5, pytest.param(8, marks=pytest.mark.slow),
+                               pytest.param(16, marks=pytest.mark.slow)])
+def test_cagrad_float32_close_to_float64(k):
   for name in NAMES:
     j, g = _case(name)
+    if g.shape[0] != k:
+      continue
     w64 = _cagrad64(g, **TORCHJD)
     w32 = np.asarray(_cagrad_weights(jnp.asarray(g, jnp.float32), 0.5, **TORCHJD))
     assert w32.dtype == np.float32
@@ -387,7 +391,10 @@ ORACLE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name", ORACLE_CASES)
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if "K16" in n else n  # 3 s each
+    for n in ORACLE_CASES
+])
 @pytest.mark.parametrize("max_norm", [0.0, 1.0])
 def test_nash_mtl_against_the_oracle(name, max_norm):
   """The references' sequential steps, fresh state, to the oracle's accuracy."""
@@ -577,7 +584,7 @@ def test_nash_mtl_cadence_holds_weights_between_updates():
     assert int(state.clock) == 5
 
 
-def test_nash_mtl_jit_vmap_float32_and_zero_gradients():
+def test_nash_mtl_jit_vmap_and_zero_gradients():
   names = ("random_K3_n5", "random_K3_n40", "all_agree_K3_n40")
   grams = [_case(n)[1] for n in names]
   with jax.enable_x64(True):
@@ -595,16 +602,6 @@ def test_nash_mtl_jit_vmap_float32_and_zero_gradients():
       np.testing.assert_allclose(
           w, _nash_weights(stacked[0], jnp.ones(3), max_norm=m)[0], rtol=1e-12
       )
-  # float32: finite, and close to float64 (K = 3, 5, 16: one compilation each).
-  for name in NAMES:
-    _, g = _case(name)
-    if g.shape[0] not in (3, 5, 16):
-      continue
-    a32, _ = _nash64(g, dtype=jnp.float32)
-    assert a32.dtype == np.float32
-    assert np.all(np.isfinite(a32))
-    a64, _ = _nash64(g)
-    assert np.max(np.abs(a32 - a64)) <= 2e-6 * np.max(np.abs(a64)), name
   # Zero, tiny and all-equal gradients (what the kit feeds on a skipped step).
   for g in (np.zeros((3, 3)), np.eye(3) * 1e-30, np.ones((3, 3))):
     for dtype in (jnp.float32, jnp.float64):
@@ -613,6 +610,21 @@ def test_nash_mtl_jit_vmap_float32_and_zero_gradients():
       with jax.enable_x64(True):
         w, _ = _nash_weights(jnp.asarray(g), jnp.ones(3))
       assert np.all(np.isfinite(np.asarray(w)))
+
+
+@pytest.mark.parametrize("k", [3, pytest.param(5, marks=pytest.mark.slow),
+                               pytest.param(16, marks=pytest.mark.slow)])
+def test_nash_mtl_float32_close_to_float64(k):
+  """float32 is finite and close to float64 (one compilation per K)."""
+  for name in NAMES:
+    _, g = _case(name)
+    if g.shape[0] != k:
+      continue
+    a32, _ = _nash64(g, dtype=jnp.float32)
+    assert a32.dtype == np.float32
+    assert np.all(np.isfinite(a32))
+    a64, _ = _nash64(g)
+    assert np.max(np.abs(a32 - a64)) <= 2e-6 * np.max(np.abs(a64)), name
 
 
 def test_nash_mtl_argument_checks():

@@ -514,7 +514,12 @@ FLOAT32_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name", FLOAT32_CASES)
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow)
+    if n in ("random_K3_n5", "random_K5_n40", "random_K8_n40", "tiny_K3_n5")
+    else n
+    for n in FLOAT32_CASES
+])
 def test_float32_runs_finite_and_close(name):
   """float32 (x64 off): finite everywhere; UPGrad and DualProj within 2e-6 of
   float64 (measured), MGDA's objective within 2e-8 of the optimum (its

@@ -97,6 +97,7 @@ def test_bench_scaling_tiny(capsys):
   assert "| 8 | 1 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a smoke run of a benchmark script; -m slow runs it
 def test_bench_gradient_rules_tiny(capsys):
   bench = _load("bench_gradient_rules")
   bench.main(["--tiny", "--ks", "3", "--problems", "split", "--variants",
@@ -106,3 +107,35 @@ def test_bench_gradient_rules_tiny(capsys):
   for row in ("plain sum", "LRA wang2021, every 10 (published)",
               "LRA every step, map", "jinns lr_annealing"):
     assert row in out  # jinns is in the test extra
+
+
+@pytest.mark.slow  # a smoke run of a benchmark script; -m slow runs it
+def test_bench_aggregators_tiny_no_torch(capsys):
+  """Our side of ``bench_aggregators.py`` (``--no-torch``: the test extra has
+  no torch or torchjd): every row is there, and the three Gramian routes the
+  script chooses from compute the same Gramian."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  bench = _load("bench_aggregators")
+  names = ["upgrad", "cagrad"]
+  res = bench.main(["--tiny", "--no-torch", "--ks", "3", "--problems",
+                    "shared", "--aggregators", *names])
+  r = res["shared", 3]
+  assert r["our_route"] in bench.OUR_ROUTES
+  assert set(r["our_temp"]) == {"plain sum", *bench.OUR_ROUTES}
+  assert set(r["times"]) == {"ours: plain sum", *(f"ours: {n}" for n in names)}
+  assert all(_positive(t) for t in r["times"].values())
+  for n in names:
+    assert _positive(r["ratio_to_plain"][n])
+    assert r["solve"][n] >= 0
+    assert r["our_temp_all"][n] >= 0
+  out = capsys.readouterr().out
+  assert "## shared, K = 3" in out
+  assert "| upgrad |" in out
+  assert "| cagrad |" in out
+  problem = bench.make_problem("shared", 3, tiny=True)
+  grams = [bench.OurFirstStep(problem, route, jnp.float32).gramian
+           for route in bench.OUR_ROUTES]
+  for g in grams[1:]:
+    np.testing.assert_allclose(g, grams[0], rtol=1e-5)

@@ -113,7 +113,7 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("order", [1, 3])
+@pytest.mark.parametrize("order", [1, pytest.param(3, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("settings_", SETTINGS, ids=str)
 def test_functional_core_agrees_with_the_rule_warm_up_included(settings_, order):
   """init_state + softadapt_weights == softadapt(K, ...), bit for bit.

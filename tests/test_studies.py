@@ -194,6 +194,7 @@ def test_burgers_reference_satisfies_the_pde():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the short-budget studies; -m slow runs them
 def test_rosenbrock_beale_smoke(tmp_path):
   from examples.studies import rosenbrock_beale as rb
 
@@ -215,6 +216,7 @@ def test_rosenbrock_beale_smoke(tmp_path):
   assert np.all(final < initial)
 
 
+@pytest.mark.slow  # the short-budget studies; -m slow runs them
 def test_sparse_autoencoder_smoke(tmp_path):
   pytest.importorskip("sklearn")
   from examples.studies import sparse_autoencoder as sae
@@ -236,6 +238,7 @@ def test_sparse_autoencoder_smoke(tmp_path):
   assert out["raw_pixel_accuracy"] > 0.9
 
 
+@pytest.mark.slow  # the short-budget studies; -m slow runs them
 def test_vae_smoke(tmp_path):
   pytest.importorskip("sklearn")
   pytest.importorskip("dm_pix")
@@ -258,6 +261,7 @@ def test_vae_smoke(tmp_path):
   assert m["psnr"][0] >= psnr_of_mean - 1e-3
 
 
+@pytest.mark.slow  # the short-budget studies; -m slow runs them
 def test_pinns_smoke(tmp_path):
   from examples.studies import pinns
 
