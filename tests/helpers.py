@@ -54,8 +54,8 @@ class RuleCase:
       to compile in every test's program (their own files test them in the
       default run; ``conflict_free`` carries the Gramian kit's contract
       there), and the rules whose code paths another default rule already
-      takes (log-slope SoftAdapt, ratio SoftAdapt, fixed weights, jaxpi's
-      LRA, one-pass FAMO, PCGrad). ``pytest -m slow`` runs them all.
+      takes (log-slope SoftAdapt, ratio SoftAdapt, fixed weights, random
+      weighting, jaxpi's LRA, one-pass FAMO, PCGrad). ``pytest -m slow`` runs them all.
     epoch: for a :func:`per_epoch` rule, ``(make_inner, steps_per_epoch)``:
       its epochs count skipped steps too, so it is checked against the inner
       rule fed the epoch means of the finite steps.
@@ -200,7 +200,7 @@ RULES: dict[str, RuleCase] = {
     ),
     "random_weighting": RuleCase(
         lambda h, spec, seed=0, **kw: sa.random_weighting(spec, seed=seed, **kw),
-        (1.0, 1.0), _one, swept=False, keyed=True,
+        (1.0, 1.0), _one, swept=False, keyed=True, slow=True,
     ),
     "equal_weights": RuleCase(
         lambda h, spec, **kw: sa.equal_weights(spec, **kw),

@@ -584,6 +584,7 @@ def test_nash_mtl_cadence_holds_weights_between_updates():
     assert int(state.clock) == 5
 
 
+@pytest.mark.slow  # 16 s of compilation; the routes' test jits it by default
 def test_nash_mtl_jit_vmap_and_zero_gradients():
   names = ("random_K3_n5", "random_K3_n40", "all_agree_K3_n40")
   grams = [_case(n)[1] for n in names]

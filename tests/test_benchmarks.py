@@ -33,6 +33,7 @@ def _positive(x):
   return math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow  # a smoke run of a benchmark script; -m slow runs it
 def test_bench_step_tiny(capsys):
   bench = _load("bench_step")
   rules = ["ratio_softadapt", "relobralo", "per_epoch(softadapt, 10)"]
@@ -57,6 +58,7 @@ def test_bench_step_tiny(capsys):
   assert all(_positive(t) for t in (host.ours, host.host, host.lean, host.plain))
 
 
+@pytest.mark.slow  # a smoke run of a benchmark script; -m slow runs it
 def test_bench_grads_tiny(capsys):
   bench = _load("bench_grads")
   res = bench.main(["--tiny", "--problems", "mlp-split", "--ks", "2"])
@@ -70,6 +72,7 @@ def test_bench_grads_tiny(capsys):
   assert "| mlp-split | 2 | jacrev |" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a smoke run of a benchmark script; -m slow runs it
 def test_bench_sweep_smoke(capsys):
   bench = _load("bench_sweep")
   res = bench.main(["--smoke", "--ns", "3"])
@@ -87,6 +90,7 @@ def test_bench_scaling_state_size(k, order):
   assert bench.state_bytes(k, order) == 8 + 4 * (order + 2) * k
 
 
+@pytest.mark.slow  # a smoke run of a benchmark script; -m slow runs it
 def test_bench_scaling_tiny(capsys):
   bench = _load("bench_scaling")
   res = bench.main(["--tiny"])
