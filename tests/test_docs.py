@@ -279,15 +279,16 @@ def test_copy_buttons_copy_code_without_prompts_or_output(site):
 
 
 def test_studies_figures_are_in_the_site(site):
-  figures = sorted(p.name for p in STUDY_RESULTS.glob("*.png"))
+  figures = {
+      "_".join(p.relative_to(STUDY_RESULTS).parts): p
+      for p in STUDY_RESULTS.rglob("*.png")
+  }
   assert figures
   studies = (site / "studies" / "index.html").read_text()
   shown = re.findall(r'<img[^>]*src="\.\./assets/studies/([\w.-]+\.png)"', studies)
-  assert sorted(shown) == figures
-  for name in figures:
-    assert (site / "assets" / "studies" / name).read_bytes() == (
-        STUDY_RESULTS / name
-    ).read_bytes()
+  assert sorted(shown) == sorted(figures)
+  for name, path in figures.items():
+    assert (site / "assets" / "studies" / name).read_bytes() == path.read_bytes()
   # Built at build time, not copied into docs/.
   assert not list(DOCS.rglob("*.png"))
 

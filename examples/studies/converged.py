@@ -207,6 +207,56 @@ def report(problem: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def figure(problem: str, shown: int = 6) -> pathlib.Path | None:
+  """Error curves and weight trajectories of one problem (PNG), from its files.
+
+  Left: the median relative L2 error over seeds against the step, for equal
+  weights, the best fixed weight and the ``shown`` best other methods (by
+  final median). Right: seed 0's weight of the boundary term over the
+  residual's (their ratio: what the rule decides), logged every 100 steps.
+  """
+  runs = load(problem)
+  if "equal" not in runs:
+    return None
+  from examples.studies import _common as common
+
+  plt = common.pyplot()
+  steps = PROBLEMS[problem][1]
+
+  def med_final(m: str) -> float:
+    return statistics.median(
+        float(runs[m][s]["errors"][str(steps)]) for s in runs[m]
+    )
+
+  fixed = sorted((m for m in runs if m.startswith("fixed_")), key=med_final)
+  others = sorted((m for m in runs if m != "equal" and m not in fixed),
+                  key=med_final)[:shown]
+  methods = ["equal", *fixed[:1], *others]
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
+  for m in methods:
+    seeds = sorted(runs[m])
+    marks = sorted(int(k) for k in runs[m][seeds[0]]["errors"])
+    med = [statistics.median(float(runs[m][s]["errors"][str(k)]) for s in seeds)
+           for k in marks]
+    style = "--" if m == "equal" or m.startswith("fixed_") else "-"
+    axes[0].plot(marks, med, style, marker="o", ms=3, label=f"{m} ({len(seeds)})")
+    run0 = runs[m].get(0) or runs[m][seeds[0]]
+    w = run0["log"]["weights"]
+    ratio = [b / r if r > 0 else math.nan for r, b in w]
+    axes[1].plot([100 * (i + 1) for i in range(len(w))], ratio, style, label=m)
+  axes[0].set_yscale("log")
+  axes[0].set_xlabel("step")
+  axes[0].set_title(f"{problem}: relative L2 error, median over seeds (n)")
+  axes[0].legend(fontsize=8)
+  axes[1].set_yscale("log")
+  axes[1].set_xlabel("step")
+  axes[1].set_title("seed 0: boundary weight / residual weight")
+  out = RESULTS / f"{problem}.png"
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
   parser.add_argument("--problem", default="helmholtz", choices=sorted(PROBLEMS))
@@ -219,6 +269,10 @@ def main(argv: list[str] | None = None) -> None:
   if args.report:
     text = "\n".join(report(p) for p in PROBLEMS)
     (RESULTS / "README.md").parent.mkdir(parents=True, exist_ok=True)
+    for p in PROBLEMS:
+      path = figure(p)
+      if path is not None:
+        text = text.replace(f"## {p}\n", f"## {p}\n\n![{p}]({path.name})\n", 1)
     (RESULTS / "README.md").write_text("# Converged PINN studies\n\n" + text)
     print(text)
     return
