@@ -5,8 +5,11 @@ Side by side in one run, per problem and ``K``:
 - ``plain sum``: equal weights through the one route (one VJP per step);
 - learning-rate annealing (``grad_balance``) at its published cadence
   (``wang2021``: every 10 steps) and at every step, by each statistics route
-  (``unrolled``: ``K`` gradients pruned to their sub-computations; ``map``:
-  one gradient in memory at a time; ``jacrev``);
+  (``unrolled``: ``K`` gradients; ``map``: one gradient in memory at a time;
+  ``jacrev``); on the split problem also with the losses returned as a dict
+  (``named losses``), where the unrolled route differentiates each loss
+  before any stacking and XLA drops the others' computations (through a
+  stacked ``[K]`` vector every gradient runs back through all of them);
 - ``gradnorm`` (statistics every step), ``famo`` and
   ``uncertainty_weighting`` (loss values only);
 - jinns' ``lr_annealing`` (jinns 1.10.2), which takes the ``K`` gradients
@@ -64,6 +67,20 @@ def split_problem(k: int, tiny: bool) -> tuple[Callable[..., Any], Any, Any]:
   return losses, p.params, p.fixed
 
 
+def named_split_losses(k: int, tiny: bool) -> Callable[..., Any]:
+  """The same losses as a dict: the route differentiates each on its own."""
+  p = bc.make_pinn_problem(
+      k, n_interior=64 if tiny else 512, n_boundary=32 if tiny else 128,
+      width=16 if tiny else 64,
+  )
+  fns = p.component_fns
+
+  def losses(params, batch):
+    return {f"c{j:02d}": fns[j](params, batch) for j in range(k)}
+
+  return losses
+
+
 def shared_problem(k: int, tiny: bool) -> tuple[Callable[..., Any], Any, Any]:
   """K heads on one trunk: one forward, every component needs it all."""
   p = bc.make_mlp_problem(
@@ -83,6 +100,18 @@ def rules(k: int) -> dict[str, Any]:
       "gradnorm (every step)": (sa.gradnorm(k), "unrolled"),
       "famo (one pass)": (sa.famo(k, form="one_pass"), "unrolled"),
       "uncertainty_weighting": (sa.uncertainty_weighting(k), "unrolled"),
+  }
+
+
+def named_rules(k: int) -> dict[str, Any]:
+  """LRA on the split problem's named losses (``named_split_losses``)."""
+  names = [f"c{j:02d}" for j in range(k)]
+  every = dict(update_every=1, after_step=False)
+  return {
+      "LRA wang2021, every 10 (published), named losses": (
+          sa.grad_balance(names), "unrolled"),
+      "LRA every step, unrolled, named losses": (
+          sa.grad_balance(names, **every), "unrolled"),
   }
 
 
@@ -172,12 +201,18 @@ def main(argv: list[str] | None = None) -> None:
       losses, params, batch = make(k, args.tiny)
       variants = {}
       programs = {}
-      for name, (rule, route) in rules(k).items():
+      table = {name: (rule, route, losses) for name, (rule, route)
+               in rules(k).items()}
+      if problem_name == "split":
+        named = named_split_losses(k, args.tiny)
+        table.update({name: (rule, route, named) for name, (rule, route)
+                      in named_rules(k).items()})
+      for name, (rule, route, fun) in table.items():
         if args.variants and name != "plain sum" and not any(
             v in name for v in args.variants
         ):
           continue
-        run, one_step, tx = run_fn(losses, rule, route, args.steps)
+        run, one_step, tx = run_fn(fun, rule, route, args.steps)
         variants[name] = run
         programs[name] = (one_step, tx)
       if (problem_name == "split" and k == 3 and jinns_loss is not None
@@ -203,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
       print("\n| route (one step, every-step LRA) | temp MiB |")
       print("|---|---:|")
       for name in ("plain sum", "LRA every step, unrolled", "LRA every step, map",
-                   "LRA every step, jacrev"):
+                   "LRA every step, jacrev",
+                   "LRA every step, unrolled, named losses"):
         if name not in programs:
           continue
         one_step, tx = programs[name]

@@ -157,10 +157,15 @@ def weighted_value_and_grad(
         value = global_fun(p)
         return structure.flatten(value[0] if has_aux else value)
 
+      def fun_components(p: Any) -> list[jax.Array]:
+        value = global_fun(p)
+        return structure.components(value[0] if has_aux else value)
+
       statistics = _statistics_on_due_steps(
           rule, rule_state, lambda: from_function(
               spec, fun_vector, params, rule.num_losses,
               route=gradients, axis_name=axis_name,
+              fun_components=fun_components,
           )
       )
     weights, new_state, losses, recorded = rule.advance(

@@ -122,16 +122,27 @@ def from_function(
     *,
     route: str,
     axis_name: Any = None,
+    fun_components: Callable[[Any], Sequence[jax.Array]] | None = None,
 ) -> Statistics:
-  """The statistics of the gradients of ``fun_vector(params)`` (``[K]``)."""
+  """The statistics of the gradients of ``fun_vector(params)`` (``[K]``).
+
+  ``fun_components(params)``, if given, returns the same ``K`` losses as a
+  list taken before they are stacked; the ``"unrolled"`` route then
+  differentiates each on its own, so that XLA drops the other losses'
+  computations (with the stacked vector every gradient runs back through all
+  of them).
+  """
   leaves, treedef = jax.tree.flatten(params)
   idx = selected_indices(spec, params)
 
-  def on_subset(sub: Sequence[jax.Array]) -> jax.Array:
+  def with_subset(sub: Sequence[jax.Array]) -> Any:
     full = list(leaves)
     for j, i in enumerate(idx):
       full[i] = sub[j]
-    return fun_vector(jax.tree.unflatten(treedef, full))
+    return jax.tree.unflatten(treedef, full)
+
+  def on_subset(sub: Sequence[jax.Array]) -> jax.Array:
+    return fun_vector(with_subset(sub))
 
   sub0 = [leaves[i] for i in idx]
 
@@ -143,8 +154,18 @@ def from_function(
   if route == "jacrev":
     return from_stacked(spec, jax.jacrev(on_subset)(sub0), axis_name)
   if route == "unrolled":
+    if fun_components is not None:
+      component = fun_components
+
+      def one_loss(s: Sequence[jax.Array], k: int) -> jax.Array:
+        return component(with_subset(s))[k]
+    else:
+
+      def one_loss(s: Sequence[jax.Array], k: int) -> jax.Array:
+        return on_subset(s)[k]
+
     per = [
-        averaged(jax.grad(lambda s, k=k: on_subset(s)[k])(sub0))
+        averaged(jax.grad(lambda s, k=k: one_loss(s, k))(sub0))
         for k in range(num_losses)
     ]
     stacked = [jnp.stack(parts) for parts in zip(*per, strict=True)]

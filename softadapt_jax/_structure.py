@@ -121,6 +121,32 @@ class LossStructure:
             f"`{name}` must have the structure {self.treedef}, got {treedef}: "
             "the structure of the losses may not change between steps."
         )
+    return jnp.stack(self._cast_leaves(leaves, name))
+
+  def components(self, losses: Any, name: str = "losses") -> list[jax.Array]:
+    """The ``K`` scalar losses of ``losses``, each taken before any stacking.
+
+    Differentiating component ``k`` of this list differentiates only the
+    computation of loss ``k``: the other losses' computations are dead code
+    (for a ``[K]`` array the user stacked, every component depends on the
+    stack, and its gradient runs back through all of them with zeros).
+    Named losses (a rule built from names or a structure) keep them apart.
+    """
+    if self.kind == "vector":
+      vector = self.flatten(losses, name)
+      return [vector[k] for k in range(self.num_losses)]
+    vector_leaves = (
+        [losses[n] for n in self.names]
+        if self.kind == "names" and isinstance(losses, Mapping)
+        and set(losses) == set(self.names)
+        else None
+    )
+    if vector_leaves is None:
+      self.flatten(losses, name)  # raises the structure's error
+      vector_leaves = jax.tree.leaves(losses)
+    return self._cast_leaves(vector_leaves, name)
+
+  def _cast_leaves(self, leaves: list[Any], name: str) -> list[jax.Array]:
     for n, leaf in zip(self.names, leaves, strict=True):
       if np.shape(leaf) != ():
         raise ValueError(
@@ -128,7 +154,7 @@ class LossStructure:
         )
       _checks.check_floating(f"{name}[{n!r}]", leaf)
     dtype = _widest_float([jnp.result_type(leaf) for leaf in leaves])
-    return jnp.stack([jnp.asarray(leaf).astype(dtype) for leaf in leaves])
+    return [jnp.asarray(leaf).astype(dtype) for leaf in leaves]
 
   def unflatten(self, vector: jax.Array) -> Any:
     """``vector`` (``[K]``, or ``[..., K]``) in this structure."""
