@@ -271,9 +271,10 @@ def test_named_losses_give_each_gradient_its_own_computation():
     return jnp.mean((lap(points[j]) + 1.0) ** 2)
 
   names = [f"strip{j}" for j in range(k)]
-  every = dict(update_every=1, after_step=False, weights_only=False)
-  named = sa.grad_balance(names, **every)
-  stacked = sa.grad_balance(k, **every)
+  named = sa.grad_balance(
+      names, update_every=1, after_step=False, weights_only=False)
+  stacked = sa.grad_balance(
+      k, update_every=1, after_step=False, weights_only=False)
   f_named = jax.jit(sa.weighted_value_and_grad(
       lambda p: {n: part(p, j) for j, n in enumerate(names)}, named))
   f_stacked = jax.jit(sa.weighted_value_and_grad(
