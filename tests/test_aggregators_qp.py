@@ -469,6 +469,7 @@ def _rules(k):
 
 
 @_x64
+@pytest.mark.slow  # eager against jitted; the routes' tests run both by default
 def test_jit_equals_no_jit():
   _, g = _case("random_K5_n40")
   for name, rule in _rules(5).items():

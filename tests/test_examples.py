@@ -63,6 +63,7 @@ def test_pinn_poisson_plot(pinn_poisson, tmp_path):
   assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
+@pytest.mark.slow  # the example; docs/aggregators.md runs the same rules by default
 def test_multitask_aggregators_runs_each_rule_on_the_same_data():
   multitask = _load("multitask_aggregators")
   rules = ("equal_weights", "upgrad", "pcgrad")

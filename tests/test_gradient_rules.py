@@ -376,7 +376,8 @@ def test_uncertainty_weights_converge_to_half_the_inverse_loss():
 # ------------------------------------------------- the Helmholtz benchmark
 
 
-def test_lra_beats_equal_weights_on_a_short_helmholtz_run():
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_lra_beats_equal_weights_on_a_short_helmholtz_run(seed):
   """Wang et al.'s Helmholtz benchmark, their setup, 800 of its 40,000 steps.
 
   Learning-rate annealing (``wang2021``) against equal weights on the same
@@ -391,9 +392,9 @@ def test_lra_beats_equal_weights_on_a_short_helmholtz_run():
 
   problem = pinn.helmholtz()
   names = list(problem.names)
-  for seed in (0, 1):
-    equal = pinn.train(problem, sa.equal_weights(names), seed, 800)
-    lra = pinn.train(problem, sa.grad_balance(names), seed, 800)
-    assert lra["errors"][800] < 0.6 * equal["errors"][800], (seed, lra, equal)
-    # The boundary weight grew: the residual's gradients dominate.
-    assert lra["log"]["weights"][-1][1] > 10.0
+  # Measured: seed 0, equal 4.02 against LRA 1.09; seed 1, 3.32 against 0.78.
+  equal = pinn.train(problem, sa.equal_weights(names), seed, 800)
+  lra = pinn.train(problem, sa.grad_balance(names), seed, 800)
+  assert lra["errors"][800] < 0.6 * equal["errors"][800], (seed, lra, equal)
+  # The boundary weight grew: the residual's gradients dominate.
+  assert lra["log"]["weights"][-1][1] > 10.0
