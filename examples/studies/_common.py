@@ -15,8 +15,11 @@ vmapped training function (``sa.fixed_weights(w)`` over a grid of ``w``,
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import pathlib
+import platform
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -160,3 +163,34 @@ def environment() -> str:
       f"jax {jax.__version__}, optax {optax.__version__}, softadapt_jax "
       f"{sa.__version__}, backend {jax.default_backend()}"
   )
+
+
+def save_result(out: pathlib.Path | None, result: dict[str, Any],
+                **meta: Any) -> dict[str, Any]:
+  """``result`` with ``meta``, the machine and the versions, written to ``out``.
+
+  The file is written whole or not at all (a temporary file, then a rename),
+  so a resumable grid never reads a half-written run.
+  """
+  import softadapt_jax
+
+  result.update(
+      meta,
+      machine=f"{platform.machine()} {os.cpu_count()} cpus",
+      versions={"jax": jax.__version__, "softadapt_jax": softadapt_jax.__version__},
+  )
+  if out is not None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(out)
+  return result
+
+
+def load_results(folder: pathlib.Path) -> dict[str, dict[int, dict[str, Any]]]:
+  """``{method: {seed: result}}`` from ``folder/<method>/seed<k>.json``."""
+  out: dict[str, dict[int, dict[str, Any]]] = {}
+  for path in sorted(folder.glob("*/seed*.json")):
+    data = json.loads(path.read_text())
+    out.setdefault(data["method"], {})[data["seed"]] = data
+  return out

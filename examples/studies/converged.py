@@ -26,20 +26,16 @@ finite or is >= 1 (no better than predicting zero).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
-
 import softadapt_jax as sa
+from examples.studies import _common as common
 from examples.studies import _pinn_problems as pinn
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "converged"
@@ -120,26 +116,14 @@ def run_one(problem: str, method: str, seed: int, *, steps: int, chunk: int,
   rule = METHODS[method](list(prob.names))
   t0 = time.perf_counter()
   result = pinn.train(prob, rule, seed, steps, chunk=chunk)
-  result.update(
-      problem=problem, method=method, seed=seed, steps=steps,
+  return common.save_result(
+      out, result, problem=problem, method=method, seed=seed, steps=steps,
       wall_seconds=time.perf_counter() - t0,
-      machine=f"{platform.machine()} {os.cpu_count()} cpus",
-      versions={"jax": jax.__version__, "softadapt_jax": sa.__version__},
   )
-  if out is not None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(out)  # a run is either complete on disk or absent
-  return result
 
 
 def load(problem: str) -> dict[str, dict[int, dict[str, Any]]]:
-  out: dict[str, dict[int, dict[str, Any]]] = {}
-  for path in sorted((RESULTS / problem).glob("*/seed*.json")):
-    data = json.loads(path.read_text())
-    out.setdefault(data["method"], {})[data["seed"]] = data
-  return out
+  return common.load_results(RESULTS / problem)
 
 
 def _fmt(x: float) -> str:
@@ -218,8 +202,6 @@ def figure(problem: str, shown: int = 6) -> pathlib.Path | None:
   runs = load(problem)
   if "equal" not in runs:
     return None
-  from examples.studies import _common as common
-
   plt = common.pyplot()
   steps = PROBLEMS[problem][1]
 

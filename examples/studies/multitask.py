@@ -69,11 +69,8 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
-import json
 import math
-import os
 import pathlib
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -263,27 +260,15 @@ def run_one(problem: str, method: str, seed: int, *, steps: int, chunk: int,
                             log_every=max(chunk // 10, 1))
   else:
     result = P.train_toy(rule, steps, chunk=chunk, record_every=max(chunk // 10, 1))
-  result.update(
-      problem=problem, method=method, seed=seed, steps=steps,
+  return C.save_result(
+      out, result, problem=problem, method=method, seed=seed, steps=steps,
       wall_seconds=time.perf_counter() - t0,
       cpu_seconds=time.process_time() - cpu0,
-      machine=f"{platform.machine()} {os.cpu_count()} cpus",
-      versions={"jax": jax.__version__, "softadapt_jax": sa.__version__},
   )
-  if out is not None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(out)  # a run is either complete on disk or absent
-  return result
 
 
 def load(problem: str) -> dict[str, dict[int, dict[str, Any]]]:
-  out: dict[str, dict[int, dict[str, Any]]] = {}
-  for path in sorted((RESULTS / problem).glob("*/seed*.json")):
-    data = json.loads(path.read_text())
-    out.setdefault(data["method"], {})[data["seed"]] = data
-  return out
+  return C.load_results(RESULTS / problem)
 
 
 # ---------------------------------------------------------------------------
