@@ -143,3 +143,17 @@ def test_bench_aggregators_tiny_no_torch(capsys):
            for route in bench.OUR_ROUTES]
   for g in grams[1:]:
     np.testing.assert_allclose(g, grams[0], rtol=1e-5)
+
+
+@pytest.mark.slow  # a smoke run of a benchmark script; -m slow runs it
+def test_bench_study_seeds_tiny(capsys):
+  root = str(_BENCH.parent)
+  if root not in sys.path:
+    sys.path.insert(0, root)  # the script imports examples.studies
+  bench = _load("bench_study_seeds")
+  bench.main(["--steps", "3", "--seeds", "2"])
+  out = capsys.readouterr().out
+  rows = [line for line in out.splitlines() if line.startswith("| poisson_c4")
+          or line.startswith("| helmholtz")]
+  assert len(rows) == 4
+  assert all(line.rstrip().endswith("| 0.0e+00 |") for line in rows)  # same errors
