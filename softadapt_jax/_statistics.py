@@ -154,15 +154,10 @@ def from_function(
   if route == "jacrev":
     return from_stacked(spec, jax.jacrev(on_subset)(sub0), axis_name)
   if route == "unrolled":
-    if fun_components is not None:
-      component = fun_components
+    pick = fun_vector if fun_components is None else fun_components
 
-      def one_loss(s: Sequence[jax.Array], k: int) -> jax.Array:
-        return component(with_subset(s))[k]
-    else:
-
-      def one_loss(s: Sequence[jax.Array], k: int) -> jax.Array:
-        return on_subset(s)[k]
+    def one_loss(s: Sequence[jax.Array], k: int) -> jax.Array:
+      return pick(with_subset(s))[k]
 
     per = [
         averaged(jax.grad(lambda s, k=k: one_loss(s, k))(sub0))

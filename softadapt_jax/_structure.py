@@ -132,19 +132,14 @@ class LossStructure:
     stack, and its gradient runs back through all of them with zeros).
     Named losses (a rule built from names or a structure) keep them apart.
     """
+    vector = self.flatten(losses, name)  # checks the structure
     if self.kind == "vector":
-      vector = self.flatten(losses, name)
       return [vector[k] for k in range(self.num_losses)]
-    vector_leaves = (
-        [losses[n] for n in self.names]
-        if self.kind == "names" and isinstance(losses, Mapping)
-        and set(losses) == set(self.names)
-        else None
+    leaves = (
+        [losses[n] for n in self.names] if self.kind == "names"
+        else jax.tree.leaves(losses)
     )
-    if vector_leaves is None:
-      self.flatten(losses, name)  # raises the structure's error
-      vector_leaves = jax.tree.leaves(losses)
-    return self._cast_leaves(vector_leaves, name)
+    return self._cast_leaves(leaves, name)  # the stack above is dead code
 
   def _cast_leaves(self, leaves: list[Any], name: str) -> list[jax.Array]:
     for n, leaf in zip(self.names, leaves, strict=True):
