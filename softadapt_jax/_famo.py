@@ -23,13 +23,14 @@ class FAMOConvention(TypedDict):
 
   learning_rate: float
   weight_decay: float
+  uniform_mix: float
 
 
 FAMO_CONVENTIONS: Mapping[str, FAMOConvention] = types.MappingProxyType({
     # Cranial-XIX/FAMO, famo.py (the class default).
-    "famo": FAMOConvention(learning_rate=0.025, weight_decay=0.01),
+    "famo": FAMOConvention(learning_rate=0.025, weight_decay=0.01, uniform_mix=0.0),
     # LibMTL's FAMO and FAMO's NYUv2 / QM9 / CelebA runs.
-    "libmtl": FAMOConvention(learning_rate=0.025, weight_decay=1e-3),
+    "libmtl": FAMOConvention(learning_rate=0.025, weight_decay=1e-3, uniform_mix=0.0),
 })
 
 
@@ -63,6 +64,7 @@ def famo(
     learning_rate: ArrayLike = 0.025,
     weight_decay: ArrayLike = 0.01,
     min_losses: ArrayLike = 0.0,
+    uniform_mix: ArrayLike = 0.01,
     optimizer: optax.GradientTransformation | None = None,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> _protocol.LossWeighting:
@@ -70,10 +72,17 @@ def famo(
 
   .. math::
     z = \mathrm{softmax}(\xi), \quad D_k = L_k - L_k^{\min} + 10^{-8},
-    \quad \lambda_k = \frac{z_k / D_k}{\sum_j z_j / D_j}
+    \quad \tilde\lambda_k = \frac{z_k / D_k}{\sum_j z_j / D_j},
+    \quad \lambda_k = (1 - m)\,\tilde\lambda_k + m / K
 
   (the gradient of FAMO's objective ``sum_k z_k log D_k / c`` is
-  ``sum_k lambda_k grad L_k``: weights summing to 1). ``xi`` learns from how
+  ``sum_k lambda~_k grad L_k``: weights summing to 1). ``m``
+  (``uniform_mix``) mixes in the equal weights, so that every loss keeps at
+  least ``m / K`` of the weight: FAMO's own ``lambda~ ~ z / L`` hands a loss
+  that can reach 0 all the weight (on the Helmholtz PINN, whose boundary
+  loss is 0 at ``u = 0``, the residual's weight fell to 1e-11 and the
+  network learned nothing in 5 of 5 seeds). ``m = 0`` is the paper's rule
+  (``FAMO_CONVENTIONS``). ``xi`` learns from how
   much each log-loss fell over a step:
   ``delta = log D(before) - log D(after)``, ``grad_xi = J_softmax^T delta``,
   one step of its own optimizer (torch-style Adam with coupled L2 ``gamma``,
@@ -99,6 +108,9 @@ def famo(
     weight_decay: ``gamma``, coupled L2 of that optimizer, ``>= 0``.
     min_losses: ``L^min``, the lowest value each loss can take (0 for
       nonnegative losses; traced).
+    uniform_mix: ``m`` in ``[0, 1]``, the share of the equal weights mixed
+      into FAMO's (traced). The default 0.01 keeps every weight at least
+      ``0.01 / K``; 0 is the published rule.
     optimizer: an optax optimizer for ``xi`` instead of the default.
     axis_name: mapped data axis, or ``None``.
 
@@ -110,8 +122,8 @@ def famo(
     >>> import softadapt_jax as sa
     >>> rule = sa.famo(2)
     >>> w, state = rule.update(rule.init(), jnp.array([1.0, 4.0]))
-    >>> [round(x, 4) for x in w.tolist()]   # z = 1/2: proportional to 1 / L
-    [0.8, 0.2]
+    >>> [round(x, 4) for x in w.tolist()]   # z = 1/2: ~ 1 / L, 1 % equal mixed in
+    [0.797, 0.203]
     >>> state = rule.observe_after_step(state, jnp.array([0.5, 3.9]))
     >>> w, state = rule.update(state, jnp.array([0.5, 3.9]))
     >>> bool(state.logits[1] > state.logits[0])   # the slow loss gains z
@@ -126,6 +138,7 @@ def famo(
   _checks.check_float("learning_rate", learning_rate, positive=True)
   _checks.check_float("weight_decay", weight_decay, minimum=0.0)
   _checks.check_float("min_losses", min_losses)
+  _checks.check_float("uniform_mix", uniform_mix, minimum=0.0, maximum=1.0)
   opt = (
       optimizer
       if optimizer is not None
@@ -139,7 +152,8 @@ def famo(
   def weights_of(logits: jax.Array, losses: jax.Array) -> jax.Array:
     # lambda_k ~ z_k / D_k, computed in log space: no overflow at tiny D.
     u = jax.nn.log_softmax(logits) - log_distance(losses)
-    return jax.nn.softmax(u)
+    mix = jnp.asarray(uniform_mix, losses.dtype)
+    return (1 - mix) * jax.nn.softmax(u) + mix / k
 
   def learn(state: FAMOState, before: jax.Array, after: jax.Array) -> FAMOState:
     delta = log_distance(before) - log_distance(after)

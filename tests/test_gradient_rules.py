@@ -281,7 +281,7 @@ def test_famo_one_pass_form_against_the_reference_sequence():
             for t in range(8)]
   expected, xi = ref.famo_one_pass_sequence(losses)
   with jax.enable_x64(True):
-    rule = sa.famo(K, form="one_pass")
+    rule = sa.famo(K, form="one_pass", uniform_mix=0.0)
     state = rule.init(dtype=jnp.float64)
     ours = []
     for loss in losses:
@@ -298,7 +298,7 @@ def test_famo_one_pass_form_against_the_reference_sequence():
 def test_famo_effective_weights_are_the_gradient_of_its_objective():
   """lambda_k = d/dL_k [sum_j z_j log D_j / c], c = sum z / D held fixed."""
   with jax.enable_x64(True):
-    rule = sa.famo(K, min_losses=0.1)
+    rule = sa.famo(K, min_losses=0.1, uniform_mix=0.0)
     state = rule.init(dtype=jnp.float64)._replace(logits=jnp.array([0.3, -0.2, 0.5]))
     losses = jnp.array([1.3, 0.4, 2.2])
     w, _ = rule.update(state, losses)
@@ -316,6 +316,28 @@ def test_famo_effective_weights_are_the_gradient_of_its_objective():
     ]
     np.testing.assert_allclose(w, np.array(fd), rtol=1e-7)
     np.testing.assert_allclose(jnp.sum(w), 1.0, rtol=1e-12)
+
+
+def test_famo_default_mixes_in_equal_weights_so_no_loss_is_dropped():
+  """The default keeps every weight >= 0.01 / K; the paper's rule does not."""
+  with jax.enable_x64(True):
+    logits = jnp.array([0.3, -0.2, 0.5])
+    losses = jnp.array([1.3, 0.4, 2.2])
+    paper = sa.famo(K, uniform_mix=0.0)
+    w0, _ = paper.update(paper.init(dtype=jnp.float64)._replace(logits=logits), losses)
+    for m in (0.01, 0.3, 1.0):
+      rule = sa.famo(K, uniform_mix=m)
+      w, _ = rule.update(rule.init(dtype=jnp.float64)._replace(logits=logits), losses)
+      np.testing.assert_allclose(w, (1 - m) * np.asarray(w0) + m / K, rtol=1e-12)
+  # Helmholtz at u = 0: residual 7.4e3, boundary loss 1e-8 (exactly 0 there).
+  losses = jnp.array([7.4e3, 1e-8])
+  w_paper, _ = sa.famo(2, uniform_mix=0.0).update(sa.famo(2).init(), losses)
+  w, _ = sa.famo(2).update(sa.famo(2).init(), losses)
+  assert float(w_paper[0]) < 1e-11
+  assert float(w[0]) >= 0.005 * (1 - 1e-6)
+  np.testing.assert_allclose(float(jnp.sum(w)), 1.0, rtol=1e-6)
+  with pytest.raises(ValueError, match="uniform_mix"):
+    sa.famo(2, uniform_mix=1.5)
 
 
 def test_observe_after_step_through_an_opt_state():

@@ -79,7 +79,11 @@ METHODS: dict[str, Method] = {
     "gradnorm_physicsnemo": lambda n: sa.gradnorm(
         n, **sa.GRADNORM_CONVENTIONS["physicsnemo"]
     ),
+    # The paper's rule (uniform_mix 0), this package's default (0.01), and a
+    # smaller mix (a probe of how much of the equal weights is needed).
     "famo": lambda n: sa.famo(n, **sa.FAMO_CONVENTIONS["famo"]),
+    "famo_default": lambda n: sa.famo(n),
+    "famo_mix1e-3": lambda n: sa.famo(n, uniform_mix=1e-3),
     "famo_one_pass": lambda n: sa.famo(n, form="one_pass"),
     "uw_libmtl": lambda n: sa.uncertainty_weighting(
         n, **sa.UNCERTAINTY_CONVENTIONS["libmtl"]

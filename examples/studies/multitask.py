@@ -153,6 +153,8 @@ METHODS: dict[str, Method] = {
     "famo_one_pass": lambda s: sa.famo(
         s.names, form="one_pass", **sa.FAMO_CONVENTIONS["famo"]
     ),
+    "famo_default": lambda s: sa.famo(s.names),
+    "famo_one_pass_default": lambda s: sa.famo(s.names, form="one_pass"),
     "uw_libmtl": lambda s: sa.uncertainty_weighting(
         s.names, **sa.UNCERTAINTY_CONVENTIONS["libmtl"]
     ),
@@ -193,7 +195,7 @@ PROBLEMS: dict[str, Problem] = {
         fixed={f"fixed_f1x{w:g}": {"f1": w, "f2": 1.0} for w in (3.0, 10.0, 30.0)},
         # FAMO's own toy run: no weight decay on its logits (run.sh, gamma=0).
         extra={"famo_gamma0": lambda s: sa.famo(
-            s.names, learning_rate=0.025, weight_decay=0.0
+            s.names, learning_rate=0.025, weight_decay=0.0, uniform_mix=0.0
         )},
     ),
 }
