@@ -153,8 +153,13 @@ METHODS: dict[str, Method] = {
     "famo_one_pass": lambda s: sa.famo(
         s.names, form="one_pass", **sa.FAMO_CONVENTIONS["famo"]
     ),
+    # This package's default (uniform_mix 0.01) and a smaller mix.
     "famo_default": lambda s: sa.famo(s.names),
     "famo_one_pass_default": lambda s: sa.famo(s.names, form="one_pass"),
+    "famo_mix1e-3": lambda s: sa.famo(s.names, uniform_mix=1e-3),
+    "famo_one_pass_mix1e-3": lambda s: sa.famo(
+        s.names, form="one_pass", uniform_mix=1e-3
+    ),
     "uw_libmtl": lambda s: sa.uncertainty_weighting(
         s.names, **sa.UNCERTAINTY_CONVENTIONS["libmtl"]
     ),
