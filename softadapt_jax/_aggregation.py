@@ -35,6 +35,7 @@ def gramian_rule(
     axis_name: Any,
     cadence: Callable[[jax.Array], jax.Array] | None = None,
     diagnostics_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
+    uniform_mix: Any = 0.0,
 ) -> _protocol.LossWeighting:
   """A :class:`LossWeighting` whose weights come from the Gramian.
 
@@ -48,12 +49,15 @@ def gramian_rule(
     axis_name: mapped data axis, or ``None``.
     cadence: ``clock -> bool`` (default: every step).
     diagnostics_fn: the rule's own logged signals.
+    uniform_mix: ``m``, the share of the equal weights mixed into the
+      aggregator's, ``w = (1 - m) w_agg + m / K`` (validated by the rule).
   """
 
   def update_fn(state: Any, losses: jax.Array, stats: Any, due: jax.Array) -> Any:
     gram = stats["gramian"]
     gram = (gram + gram.T) / 2  # exactly symmetric, whatever the route's sums
     weights, new = weights_fn(gram, losses, state)
+    weights = _protocol.mix_uniform(weights, uniform_mix)
     new = new._replace(weights=weights.astype(state.weights.dtype))
     return jax.tree.map(lambda n, o: jnp.where(due, n, o), new, state)
 

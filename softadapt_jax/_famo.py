@@ -152,8 +152,7 @@ def famo(
   def weights_of(logits: jax.Array, losses: jax.Array) -> jax.Array:
     # lambda_k ~ z_k / D_k, computed in log space: no overflow at tiny D.
     u = jax.nn.log_softmax(logits) - log_distance(losses)
-    mix = jnp.asarray(uniform_mix, losses.dtype)
-    return (1 - mix) * jax.nn.softmax(u) + mix / k
+    return _protocol.mix_uniform(jax.nn.softmax(u), uniform_mix)
 
   def learn(state: FAMOState, before: jax.Array, after: jax.Array) -> FAMOState:
     delta = log_distance(before) - log_distance(after)

@@ -114,7 +114,7 @@ def test_config_against_conflictfree():
 @pytest.mark.parametrize("name", _all_cases())
 def test_imtl_g_against_torchjd(name):
   j, g = _case(name)
-  w, _ = _weights(sa.imtl_g(j.shape[0]), g)
+  w, _ = _weights(sa.imtl_g(j.shape[0], uniform_mix=0.0), g)
   np.testing.assert_allclose(w, _golden(name, "torchjd.IMTLG"), rtol=1e-9, atol=1e-12)
   np.testing.assert_allclose(
       j.T @ w, _golden(name, "torchjd.IMTLG", "direction"), rtol=1e-9, atol=1e-12
@@ -123,7 +123,7 @@ def test_imtl_g_against_torchjd(name):
 
 def test_imtl_g_equal_projections_and_libmtl_on_independent_gradients():
   j, g = _case("random_K5_n40")
-  w, _ = _weights(sa.imtl_g(5), g)
+  w, _ = _weights(sa.imtl_g(5, uniform_mix=0.0), g)
   d = j.T @ w
   proj = (j @ d) / np.linalg.norm(j, axis=1)
   np.testing.assert_allclose(proj, proj[0], rtol=1e-9)
@@ -217,7 +217,7 @@ def test_k2_closed_forms():
   g = np.array([[1.0, cos], [cos, 1.0]])
   w, _ = _weights(sa.pcgrad(2), g)
   np.testing.assert_allclose(w, [1 - cos, 1 - cos], rtol=1e-12)
-  w, _ = _weights(sa.imtl_g(2), g)
+  w, _ = _weights(sa.imtl_g(2, uniform_mix=0.0), g)
   np.testing.assert_allclose(w, [0.5, 0.5], rtol=1e-12)
   w, _ = _weights(sa.conflict_free(2), g)
   np.testing.assert_allclose(w, [1.0, 1.0], rtol=1e-12)  # symmetric: g_1 + g_2
