@@ -22,13 +22,18 @@ class AlignedMTLConvention(TypedDict):
 
   scale: str
   sum_rows: bool
+  uniform_mix: float
 
 
 ALIGNED_MTL_CONVENTIONS: Mapping[str, AlignedMTLConvention] = types.MappingProxyType({
     # torchjd, aggregation/_aligned_mtl.py: w = B p with p = 1/K.
-    "torchjd": AlignedMTLConvention(scale="min", sum_rows=False),
+    "torchjd": AlignedMTLConvention(
+        scale="min", sum_rows=False, uniform_mix=0.0
+    ),
     # LibMTL, weighting/Aligned_MTL.py: w = B.sum(0), exactly K times torchjd's.
-    "libmtl": AlignedMTLConvention(scale="min", sum_rows=True),
+    "libmtl": AlignedMTLConvention(
+        scale="min", sum_rows=True, uniform_mix=0.0
+    ),
 })
 
 
@@ -83,6 +88,7 @@ def aligned_mtl(
     *,
     scale: str = "min",
     sum_rows: bool = False,
+    uniform_mix: ArrayLike = 0.01,
     wrt: Callable[[str, jax.Array], bool] | None = None,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> _protocol.LossWeighting:
@@ -98,11 +104,22 @@ def aligned_mtl(
   exactly ``K`` times torchjd's when both keep the same rank).
   ``ALIGNED_MTL_CONVENTIONS`` holds both. No fixed sum.
 
+  **The default mixes in 1 % of the equal weights** (``uniform_mix=0.01``:
+  ``w <- 0.99 w + 0.01 sum(w) / K``). Rescaling the principal components to
+  the smallest one weights orthogonal gradients in proportion to
+  ``1 / ||g_k||``, so a loss whose gradient vanishes takes nearly all the
+  weight: on the Helmholtz PINN of the studies the published rule held the
+  residual's weight at 1e-3 of the boundary's and learned nothing (relative
+  L2 0.99, seed 0). ``uniform_mix=0`` is the published rule (both
+  conventions set it).
+
   Args:
     num_losses: ``K``, or the names of the losses, or a ``PyTreeDef``.
     scale: ``"min"``, ``"median"`` (lower median) or ``"rmse"`` (mean) of
       the kept eigenvalues.
     sum_rows: ``w = B 1`` (LibMTL) instead of ``B 1 / K``.
+    uniform_mix: ``m`` in ``[0, 1]``, the share of the equal weights mixed
+      in (traced); 0 is the published rule.
     wrt: ``(path, leaf) -> bool``, the parameters of the Gramian.
     axis_name: mapped data axis, or ``None``.
 
@@ -112,11 +129,15 @@ def aligned_mtl(
   Example:
     >>> import jax.numpy as jnp
     >>> import softadapt_jax as sa
-    >>> rule = sa.aligned_mtl(2)
+    >>> rule = sa.aligned_mtl(2, uniform_mix=0.0)   # the published rule
     >>> gram = jnp.array([[4.0, 0.0], [0.0, 1.0]])   # orthogonal, norms 2 and 1
     >>> w, _ = rule.update(rule.init(), jnp.ones(2), {"gramian": gram})
     >>> [round(x, 4) for x in w.tolist()]   # both scaled to norm 1, / K
     [0.25, 0.5]
+    >>> rule = sa.aligned_mtl(2)                    # 1 % equal mixed in
+    >>> w, _ = rule.update(rule.init(), jnp.ones(2), {"gramian": gram})
+    >>> [round(x, 4) for x in w.tolist()]
+    [0.2512, 0.4988]
 
   References:
     Senushkin, Patakin, Kuznetsov, Konushin, *Independent Component Alignment
@@ -124,6 +145,7 @@ def aligned_mtl(
   """
   k = LossStructure(num_losses).num_losses
   _checks.check_choice("scale", scale, SCALES)
+  _checks.check_float("uniform_mix", uniform_mix, minimum=0.0, maximum=1.0)
 
   def init_fn(dtype: jnp.dtype, key: ArrayLike | None) -> AlignedMTLState:
     del key
@@ -139,5 +161,6 @@ def aligned_mtl(
     return aligned_mtl_weights(gram, scale, sum_rows), state
 
   return gramian_rule(
-      num_losses, init_fn, weights_fn, wrt=wrt, axis_name=axis_name
+      num_losses, init_fn, weights_fn, wrt=wrt, axis_name=axis_name,
+      uniform_mix=uniform_mix,
   )

@@ -54,7 +54,7 @@ def imtl_g(
   every gradient, and the weights sum to 1 (torchjd's form, with the
   pseudo-inverse: defined for linearly dependent gradients too, where
   LibMTL's inverse is not; on independent gradients the two agree to 1e-13).
-  Where ``|1^T v| < 1e-12`` the weights are 0 (then m / K). Equal projections need not
+  Where ``|1^T v| < 1e-12`` the weights are 0. Equal projections need not
   be positive ones: with strongly conflicting gradients the common
   projection can be negative, a direction that raises every loss (torchjd
   and LibMTL agree; e.g. all cosines -0.18 on five random gradients in five

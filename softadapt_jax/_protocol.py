@@ -613,16 +613,18 @@ def softmax_vjp(logits: jax.Array, cotangent: jax.Array) -> jax.Array:
 
 
 def mix_uniform(weights: jax.Array, uniform_mix: Any) -> jax.Array:
-  """``(1 - m) w + m / K``: every loss keeps at least ``m / K`` of a sum-1 weight.
+  """``(1 - m) w + m sum(w) / K``: every loss keeps ``m / K`` of the total.
 
-  Rules whose weights can fall to (nearly) 0 for a loss that can reach its
-  minimum alone (FAMO's ``1 / L``; MGDA's min-norm point and IMTL-G's
+  Weights summing to 1 get at least ``m / K`` each. Rules whose weights can
+  fall to (nearly) 0 for a loss that can reach its minimum alone (FAMO's
+  ``1 / L``; MGDA's min-norm point; IMTL-G's and Aligned-MTL's
   ``1 / ||g||`` when that loss's gradient vanishes) stop training the other
   losses: on the Helmholtz PINN of the studies the boundary loss is 0 at
   ``u = 0`` and the network learned nothing. The mix bounds the ratio of two
-  weights by about ``K / m``.
+  nonnegative weights by about ``K / m``.
   """
   if isinstance(uniform_mix, (int, float)) and uniform_mix == 0:
     return weights  # the published rule, bit for bit
   m = jnp.asarray(uniform_mix, weights.dtype)
-  return (1 - m) * weights + m / weights.shape[-1]
+  total = jnp.sum(weights, axis=-1, keepdims=True)
+  return (1 - m) * weights + m * total / weights.shape[-1]

@@ -138,7 +138,7 @@ def test_imtl_g_equal_projections_and_libmtl_on_independent_gradients():
 @pytest.mark.parametrize("name", _all_cases())
 def test_aligned_mtl_against_torchjd(name, scale):
   j, g = _case(name)
-  w, _ = _weights(sa.aligned_mtl(j.shape[0], scale=scale), g)
+  w, _ = _weights(sa.aligned_mtl(j.shape[0], scale=scale, uniform_mix=0.0), g)
   key = f"torchjd.AlignedMTL[{scale}]"
   np.testing.assert_allclose(w, _golden(name, key), rtol=1e-8, atol=1e-11)
   np.testing.assert_allclose(
@@ -223,5 +223,5 @@ def test_k2_closed_forms():
   np.testing.assert_allclose(w, [1.0, 1.0], rtol=1e-12)  # symmetric: g_1 + g_2
   # p = (1/2, 1/2) is the eigenvector of the smallest eigenvalue 1 + cos,
   # which is also the scale: B p = p.
-  w, _ = _weights(sa.aligned_mtl(2), g)
+  w, _ = _weights(sa.aligned_mtl(2, uniform_mix=0.0), g)
   np.testing.assert_allclose(w, [0.5, 0.5], rtol=1e-12)

@@ -93,7 +93,6 @@ METHODS: dict[str, Method] = {
     ),
     "config": lambda n: sa.conflict_free(n),
     "pcgrad": lambda n: sa.pcgrad(n),
-    "aligned_mtl": lambda n: sa.aligned_mtl(n),
 }
 for _name in ("mgda", "upgrad", "dualproj", "cagrad", "nash_mtl"):
   if hasattr(sa, _name):  # the aggregators, where they have landed
@@ -102,12 +101,14 @@ for _name in ("mgda", "upgrad", "dualproj", "cagrad", "nash_mtl"):
 METHODS["mgda_l2"] = lambda n: sa.mgda(
     n, normalization="l2", combine="normalised", uniform_mix=0.0
 )
-# MGDA and IMTL-G as published (no equal weights mixed in), and at this
-# package's defaults (uniform_mix 0.01).
+# MGDA, IMTL-G and Aligned-MTL as published (no equal weights mixed in), and
+# at this package's defaults (uniform_mix 0.01).
 METHODS["mgda"] = lambda n: sa.mgda(n, uniform_mix=0.0)
 METHODS["mgda_default"] = lambda n: sa.mgda(n)
 METHODS["imtl_g"] = lambda n: sa.imtl_g(n, uniform_mix=0.0)
 METHODS["imtl_g_default"] = lambda n: sa.imtl_g(n)
+METHODS["aligned_mtl"] = lambda n: sa.aligned_mtl(n, uniform_mix=0.0)
+METHODS["aligned_mtl_default"] = lambda n: sa.aligned_mtl(n)
 
 PROBLEMS = {
     "helmholtz": (pinn.helmholtz, 40_000, 5, 4_000),

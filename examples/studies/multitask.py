@@ -175,9 +175,9 @@ _AGGREGATORS = {
 for _method, _name in _AGGREGATORS.items():
   if hasattr(sa, _name):  # the aggregators, where they have landed
     METHODS[_method] = (lambda n: lambda s: _rule(n, s))(_name)
-# MGDA and IMTL-G as published (no equal weights mixed in), and at this
-# package's defaults (uniform_mix 0.01, since they collapsed a PINN).
-for _name in ("mgda", "imtl_g"):
+# MGDA, IMTL-G and Aligned-MTL as published (no equal weights mixed in), and
+# at this package's defaults (uniform_mix 0.01, since they collapsed a PINN).
+for _name in ("mgda", "imtl_g", "aligned_mtl"):
   METHODS[_name] = (lambda n: lambda s: _rule(n, s, uniform_mix=0.0))(_name)
   METHODS[f"{_name}_default"] = (lambda n: lambda s: _rule(n, s))(_name)
 
