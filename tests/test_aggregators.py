@@ -230,25 +230,27 @@ def test_k2_closed_forms():
 # ------------------------------------------- the default's share of equal weights
 
 
-@pytest.mark.parametrize("name", ["mgda", "imtl_g", "aligned_mtl"])
-def test_default_mixes_one_percent_of_equal_weights_into_the_published_rule(name):
-  """``w = 0.99 w_pub + 0.01 sum(w_pub) / K``; ``uniform_mix=0`` is published."""
+@pytest.mark.parametrize(
+    ("name", "default"), [("mgda", 0.01), ("imtl_g", 0.1), ("aligned_mtl", 0.1)]
+)
+def test_the_default_mixes_equal_weights_into_the_published_rule(name, default):
+  """``w = (1 - m) w_pub + m sum(w_pub) / K``; ``uniform_mix=0`` is published."""
   make = getattr(sa, name)
   _, g = _case("random_K5_n40")
   published, _ = _weights(make(5, uniform_mix=0.0), g)
-  for m in (0.01, 0.5):
-    w, _ = _weights(make(5) if m == 0.01 else make(5, uniform_mix=m), g)
+  for m in (default, 0.5):
+    w, _ = _weights(make(5) if m == default else make(5, uniform_mix=m), g)
     np.testing.assert_allclose(
         w, (1 - m) * published + m * published.sum() / 5, rtol=1e-12, atol=1e-15
     )
   # A loss whose gradient vanishes (the Helmholtz boundary at u = 0): the
   # published rule hands it nearly all the weight, the default keeps the
-  # other loss at >= 0.01 / K of the total.
+  # other loss at >= m / K of the total.
   gram = np.array([[1e4, 0.0], [0.0, 1e-6]])
   w_pub, _ = _weights(make(2, uniform_mix=0.0), gram)
   w_def, _ = _weights(make(2), gram)
   assert w_pub[0] < 1e-3 * w_pub[1]
-  assert w_def[0] >= 0.005 * w_def.sum() * (1 - 1e-9)
+  assert w_def[0] >= default / 2 * w_def.sum() * (1 - 1e-9)
   with pytest.raises(ValueError, match="uniform_mix"):
     make(2, uniform_mix=-0.1)
 

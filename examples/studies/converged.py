@@ -103,14 +103,17 @@ for _name in ("mgda", "upgrad", "dualproj", "cagrad", "nash_mtl"):
 METHODS["mgda_l2"] = lambda n: sa.mgda(
     n, normalization="l2", combine="normalised", uniform_mix=0.0
 )
-# MGDA, IMTL-G and Aligned-MTL as published (no equal weights mixed in), and
-# at this package's defaults (uniform_mix 0.01).
+# MGDA, IMTL-G and Aligned-MTL as published (no equal weights mixed in), at
+# this package's defaults (uniform_mix: MGDA 0.01, IMTL-G and Aligned-MTL
+# 0.1), and other mixes.
 METHODS["mgda"] = lambda n: sa.mgda(n, uniform_mix=0.0)
 METHODS["mgda_default"] = lambda n: sa.mgda(n)
 METHODS["imtl_g"] = lambda n: sa.imtl_g(n, uniform_mix=0.0)
-METHODS["imtl_g_default"] = lambda n: sa.imtl_g(n)
+METHODS["imtl_g_default"] = lambda n: sa.imtl_g(n)  # uniform_mix 0.1
+METHODS["imtl_g_mix0.01"] = lambda n: sa.imtl_g(n, uniform_mix=0.01)
 METHODS["aligned_mtl"] = lambda n: sa.aligned_mtl(n, uniform_mix=0.0)
-METHODS["aligned_mtl_default"] = lambda n: sa.aligned_mtl(n)
+METHODS["aligned_mtl_default"] = lambda n: sa.aligned_mtl(n)  # uniform_mix 0.1
+METHODS["aligned_mtl_mix0.01"] = lambda n: sa.aligned_mtl(n, uniform_mix=0.01)
 
 PROBLEMS = {
     "helmholtz": (pinn.helmholtz, 40_000, 5, 4_000),

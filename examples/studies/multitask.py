@@ -176,10 +176,13 @@ for _method, _name in _AGGREGATORS.items():
   if hasattr(sa, _name):  # the aggregators, where they have landed
     METHODS[_method] = (lambda n: lambda s: _rule(n, s))(_name)
 # MGDA, IMTL-G and Aligned-MTL as published (no equal weights mixed in), and
-# at this package's defaults (uniform_mix 0.01, since they collapsed a PINN).
+# at this package's defaults (uniform_mix: MGDA 0.01, IMTL-G and Aligned-MTL
+# 0.1; as published they collapsed a PINN).
 for _name in ("mgda", "imtl_g", "aligned_mtl"):
   METHODS[_name] = (lambda n: lambda s: _rule(n, s, uniform_mix=0.0))(_name)
   METHODS[f"{_name}_default"] = (lambda n: lambda s: _rule(n, s))(_name)
+METHODS["imtl_g_mix0.01"] = lambda s: _rule("imtl_g", s, uniform_mix=0.01)
+METHODS["aligned_mtl_mix0.01"] = lambda s: _rule("aligned_mtl", s, uniform_mix=0.01)
 
 
 class Problem(NamedTuple):
