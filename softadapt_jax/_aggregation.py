@@ -50,7 +50,8 @@ def gramian_rule(
     cadence: ``clock -> bool`` (default: every step).
     diagnostics_fn: the rule's own logged signals.
     uniform_mix: ``m``, the share of the equal weights mixed into the
-      aggregator's, ``w = (1 - m) w_agg + m / K`` (validated by the rule).
+      aggregator's, ``w = (1 - m) w_agg + m sum(w_agg) / K`` (validated by the
+      rule; :func:`_protocol.mix_uniform`).
   """
 
   def update_fn(state: Any, losses: jax.Array, stats: Any, due: jax.Array) -> Any:
