@@ -96,7 +96,7 @@ METHODS: dict[str, Method] = {
     "config": lambda n: sa.conflict_free(n),
     "pcgrad": lambda n: sa.pcgrad(n),
 }
-for _name in ("mgda", "upgrad", "dualproj", "cagrad", "nash_mtl"):
+for _name in ("upgrad", "dualproj", "cagrad", "nash_mtl"):
   if hasattr(sa, _name):  # the aggregators, where they have landed
     METHODS[_name] = (lambda f: lambda n: f(n))(getattr(sa, _name))
 # MGDA on unit gradients, weights over the norms (LibMTL's "l2" + combine).

@@ -167,9 +167,9 @@ METHODS: dict[str, Method] = {
         s.names, **sa.UNCERTAINTY_CONVENTIONS["physicsnemo"]
     ),
 }
+# (MGDA, IMTL-G and Aligned-MTL below: as published and at their defaults.)
 _AGGREGATORS = {
-    "config": "conflict_free", "pcgrad": "pcgrad", "imtl_g": "imtl_g",
-    "aligned_mtl": "aligned_mtl", "mgda": "mgda", "upgrad": "upgrad",
+    "config": "conflict_free", "pcgrad": "pcgrad", "upgrad": "upgrad",
     "dualproj": "dualproj", "cagrad": "cagrad", "nash_mtl": "nash_mtl",
 }
 for _method, _name in _AGGREGATORS.items():
