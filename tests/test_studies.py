@@ -381,3 +381,57 @@ def test_multitask_quick(tmp_path):
                      digits_steps=200)
   for name in names:
     assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------
+# The converged PINN study (examples/studies/converged.py).
+# ---------------------------------------------------------------------------
+
+
+def test_converged_quick_runs_every_asked_method_and_writes_nothing():
+  from examples.studies import converged as cv
+
+  before = sorted(cv.RESULTS.rglob("*"))
+  out = cv.main(["--quick", "--problem", "poisson_pi_c1",
+                 "--methods", "equal", "lra_wang2021", "--seeds", "0"])
+  assert sorted(cv.RESULTS.rglob("*")) == before  # nothing written
+  assert out is not None
+  assert sorted(out) == ["equal", "lra_wang2021"]
+  for res in (out["equal"][0], out["lra_wang2021"][0]):
+    errors = res["errors"]
+    assert sorted(errors) == [100, 200]
+    assert all(math.isfinite(e) and e > 0 for e in errors.values())
+    assert res["seconds_per_step"] > 0
+  np.testing.assert_allclose(out["equal"][0]["log"]["weights"], 1.0)
+  # Paired seeds: the same initialisation, so the first logged losses agree.
+  np.testing.assert_allclose(out["equal"][0]["log"]["losses"][0],
+                             out["lra_wang2021"][0]["log"]["losses"][0], rtol=1e-5)
+  with pytest.raises(SystemExit):
+    cv.main(["--quick", "--methods", "no_such_rule"])
+
+
+def test_converged_report_counts_failures_stalls_and_paired_wins(tmp_path, monkeypatch):
+  from examples.studies import converged as cv
+
+  monkeypatch.setattr(cv, "RESULTS", tmp_path)
+  finals = {  # method -> final error per seed (Helmholtz marks: 8k, 20k, 40k)
+      "equal": [0.2, 0.3, 0.1],
+      "fixed_bc10": [0.05, 0.5, 0.05],
+      "stalls": [0.95, 0.9999, 0.01],
+      "fails": [float("nan"), 3.0, 0.02],
+  }
+  for method, vals in finals.items():
+    for seed, v in enumerate(vals):
+      result = {"errors": {8000: 1.0, 20000: 0.5, 40000: v}, "log": {},
+                "seconds_per_step": 0.001}
+      C.save_result(cv.result_path("helmholtz", method, seed), result,
+                    problem="helmholtz", method=method, seed=seed, steps=40000)
+  rows = {line.split(" | ")[0][2:]: line.split(" | ")
+          for line in cv.report("helmholtz").splitlines()
+          if line.startswith("| ") and not line.startswith("| method")}
+  # columns: method, seeds, failed, stalled, 20 %, 50 %, final, vs equal, vs fixed
+  assert rows["fails"][1:4] == ["3", "2", "0"]
+  assert rows["stalls"][1:4] == ["3", "0", "2"]
+  assert rows["stalls"][6:9] == ["0.95 [0.01, 1]", "1/3", "1/3"]
+  assert rows["fixed_bc10"][7] == "2/3"  # 0.05 < 0.2, 0.5 > 0.3, 0.05 < 0.1
+  assert rows["equal"][7] == "0/3"
