@@ -101,6 +101,7 @@ def test_family_rows_weights_sum_to_one():
   np.testing.assert_allclose(_run_rule(rules["equal weights"], losses), 1 / 3)
 
 
+@pytest.mark.slow  # a piece of the short-budget PINN study; -m slow runs it
 def test_switch_rule_equals_each_rule_alone():
   from examples.studies import pinns
 
