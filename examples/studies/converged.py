@@ -101,9 +101,10 @@ METHODS: dict[str, Method] = {
     "config": lambda n: sa.conflict_free(n),
     "pcgrad": lambda n: sa.pcgrad(n),
 }
-for _name in ("upgrad", "dualproj", "cagrad", "nash_mtl"):
-  if hasattr(sa, _name):  # the aggregators, where they have landed
-    METHODS[_name] = (lambda f: lambda n: f(n))(getattr(sa, _name))
+METHODS["upgrad"] = lambda n: sa.upgrad(n)
+METHODS["dualproj"] = lambda n: sa.dualproj(n)
+METHODS["cagrad"] = lambda n: sa.cagrad(n)
+METHODS["nash_mtl"] = lambda n: sa.nash_mtl(n)
 # MGDA on unit gradients, weights over the norms (LibMTL's "l2" + combine).
 METHODS["mgda_l2"] = lambda n: sa.mgda(
     n, normalization="l2", combine="normalised", uniform_mix=0.0
