@@ -45,6 +45,13 @@ def random_weighting(
   recorded: a non-finite loss vector returns the held weights and does not
   advance the key.
 
+  A baseline, not a rule to train with: the weights are noise (for ``K = 2``
+  the ratio of the two is ``exp(g_1 - g_2)``, beyond 1:16 on one step in
+  twenty). On the published Poisson ``sin(8 pi x)`` PINN, where the boundary
+  needs a steady weight, it failed 5 of 10 seeds where equal weights failed 1
+  (``docs/studies.md``). A rule that does not beat it is not using what it
+  observes.
+
   Args:
     num_losses: ``K``, or the names of the losses, or a ``PyTreeDef``.
     scale_by_num_losses: weights sum to ``K`` instead of 1.
