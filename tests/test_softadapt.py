@@ -258,6 +258,16 @@ def test_beta_zero_is_uniform(history, variant):
 
 
 @PROPERTY_SETTINGS
+@given(history=histories(), beta=st.floats(-50, 50))
+def test_l1_normalized_weights_stay_within_exp_abs_beta(history, beta):
+  # sum |z| <= 1, so max z - min z <= 1: the docstring's "equal weights in all
+  # but name" at beta 0.1 (no two weights apart by more than exp(0.1)).
+  w = np.asarray(_weights_fn("normalized", None, "l1")(history, beta=beta), np.float64)
+  assert w.min() > 0, (w, beta)
+  assert w.max() / w.min() <= np.exp(abs(beta)) * (1 + 1e-4), (w, beta)
+
+
+@PROPERTY_SETTINGS
 @given(
     history=histories(min_value=-1e3, max_value=1e3),
     shift=st.floats(-1e3, 1e3),
