@@ -407,7 +407,10 @@ def test_nash_mtl_against_the_oracle(name, max_norm):
     np.testing.assert_array_equal(alpha, np.ones(g.shape[0]))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if "K16" in n else n  # 3 s each
+    for n in NAMES
+])
 @pytest.mark.parametrize("max_norm", [0, 1])
 def test_nash_mtl_against_torchjd_ecos(name, max_norm):
   """torchjd's ECOS is only this accurate (the notes: 2e-6 / 2e-4 / 5e-2)."""
