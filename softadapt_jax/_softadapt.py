@@ -222,8 +222,8 @@ def softadapt(
   reference's: ``original``, ``beta=0.1``, kept for parity) saturate when
   ``beta`` times a slope is in the tens: one weight goes to 0. On the published
   Poisson ``sin(8 pi x)`` PINN (residual loss ~2e5 at the start) they failed
-  6 of 10 seeds where equal weights failed 1 (``docs/studies.md``).
-  ``variant="normalized", normalization="l1"`` failed only that one, but its
+  12 of 20 seeds where equal weights failed 3 (``docs/studies.md``).
+  ``variant="normalized", normalization="l1"`` failed 1 of 10, but its
   ``sum |z| <= 1``, so at ``beta=0.1`` no two weights differ by more than
   a factor ``exp(beta) = 1.105``: equal weights in all but name.
 

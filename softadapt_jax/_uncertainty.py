@@ -93,6 +93,11 @@ def uncertainty_weighting(
   model's direction is ``sum_k lambda_k grad L_k``: one VJP as for any rule
   (the ``s/2`` terms do not depend on the model).
 
+  A loss that stays large therefore loses weight: on the published Poisson
+  ``sin(8 pi x)`` PINN, whose boundary loss grows early, both conventions
+  failed seeds that equal weights passed (LibMTL's 9 of 20, equal weights 3;
+  ``docs/studies.md``). Prefer a gradient rule for a PINN.
+
   Args:
     num_losses: ``K``, or the names of the losses, or a ``PyTreeDef``.
     initial_log_variance: ``s`` at the start (-0.5: LibMTL; 0: PhysicsNeMo).
