@@ -430,9 +430,20 @@ def test_converged_report_counts_failures_stalls_and_paired_wins(tmp_path, monke
   rows = {line.split(" | ")[0][2:]: line.split(" | ")
           for line in cv.report("helmholtz").splitlines()
           if line.startswith("| ") and not line.startswith("| method")}
-  # columns: method, seeds, failed, stalled, 20 %, 50 %, final, vs equal, vs fixed
-  assert rows["fails"][1:4] == ["3", "2", "0"]
-  assert rows["stalls"][1:4] == ["3", "0", "2"]
-  assert rows["stalls"][6:9] == ["0.95 [0.01, 1]", "1/3", "1/3"]
-  assert rows["fixed_bc10"][7] == "2/3"  # 0.05 < 0.2, 0.5 > 0.3, 0.05 < 0.1
-  assert rows["equal"][7] == "0/3"
+  # columns: method, seeds, failed, stalled, failed where equal passed, 20 %,
+  # 50 %, final, vs equal, vs fixed
+  assert rows["fails"][1:5] == ["3", "2", "0", "2"]  # nan and 3.0: equal passed both
+  assert rows["stalls"][1:5] == ["3", "0", "2", "0"]
+  assert rows["stalls"][7:10] == ["0.95 [0.01, 1]", "1/3", "1/3"]
+  assert rows["fixed_bc10"][8] == "2/3"  # 0.05 < 0.2, 0.5 > 0.3, 0.05 < 0.1
+  assert rows["equal"][8] == "0/3"
+  # A failure on a seed that equal weights failed too is not the rule's own.
+  for method, vals in {"equal": [2.0, 0.1], "both": [3.0, 5.0]}.items():
+    for seed, v in enumerate(vals):
+      result = {"errors": {8000: 1.0, 20000: 0.5, 40000: v}, "log": {},
+                "seconds_per_step": 0.001}
+      C.save_result(cv.result_path("poisson_pi_c8", method, seed), result,
+                    problem="poisson_pi_c8", method=method, seed=seed, steps=40000)
+  both = next(line.split(" | ") for line in cv.report("poisson_pi_c8").splitlines()
+              if line.startswith("| both "))
+  assert both[1:5] == ["2", "2", "0", "1"]

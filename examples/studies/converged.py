@@ -167,6 +167,11 @@ def _fmt(x: float) -> str:
   return "nan" if not math.isfinite(x) else f"{x:.3g}"
 
 
+def _failed(x: float) -> bool:
+  """The failure defined before the runs: not finite, or ``>= FAILURE``."""
+  return not math.isfinite(x) or x >= FAILURE
+
+
 def report(problem: str) -> str:
   """The table of one problem from its result files (markdown)."""
   runs = load(problem)
@@ -181,12 +186,14 @@ def report(problem: str) -> str:
       f"Relative L2 error, median [min, max] over seeds; failed = final error "
       f">= {FAILURE} or not finite (fixed before the runs); stalled = final "
       f"error in [{STALLED}, {FAILURE}) (next to nothing learned, counted "
-      "apart; added after the runs); wins = seeds on which the method's final "
+      "apart; added after the runs); failed, equal passed = failed runs on "
+      "seeds where equal weights did not fail (what a rule's own failures "
+      "are); wins = seeds on which the method's final "
       "error is below equal weights' (and below the best fixed weight's, the "
       "fixed weight with the lowest median) on the same seed.\n",
-      "| method | seeds | failed | stalled | at 20 % | at 50 % | final "
-      "| wins vs equal | wins vs best fixed | ms / step |",
-      "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+      "| method | seeds | failed | stalled | failed, equal passed | at 20 % "
+      "| at 50 % | final | wins vs equal | wins vs best fixed | ms / step |",
+      "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
   ]
 
   def final(m: str, s: int) -> float:
@@ -201,8 +208,12 @@ def report(problem: str) -> str:
   for m in rows:
     seeds = sorted(runs[m])
     finals = [final(m, s) for s in seeds]
-    failed = sum(1 for x in finals if not math.isfinite(x) or x >= FAILURE)
+    failed = sum(1 for x in finals if _failed(x))
     stalled = sum(1 for x in finals if STALLED <= x < FAILURE)
+    extra = sum(
+      1 for s in seeds
+      if s in base and _failed(final(m, s)) and not _failed(final("equal", s))
+    )
     at = []
     for mark in marks:
       vals = [float(runs[m][s]["errors"].get(str(mark), math.nan)) for s in seeds]
@@ -217,7 +228,7 @@ def report(problem: str) -> str:
                     f"/{len(common_f)}")
     ms = statistics.median(runs[m][s]["seconds_per_step"] for s in seeds) * 1e3
     lines.append(
-        f"| {m} | {len(seeds)} | {failed} | {stalled} | {at[0]} | {at[1]} | "
+        f"| {m} | {len(seeds)} | {failed} | {stalled} | {extra} | {at[0]} | {at[1]} | "
         f"{_fmt(med)} [{_fmt(min(finals))}, {_fmt(max(finals))}] | "
         f"{wins}/{len(common)} | {wins_fixed} | {ms:.2f} |"
     )
