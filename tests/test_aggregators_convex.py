@@ -442,7 +442,10 @@ def test_nash_mtl_warm_start_sequence():
       np.testing.assert_allclose(state.alpha, a_ref, rtol=1e-9)
 
 
-@pytest.mark.parametrize("name", sorted(set(NAMES) - set(INFEASIBLE)))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if "K16" in n else n  # 3 s each
+    for n in sorted(set(NAMES) - set(INFEASIBLE))
+])
 def test_nash_mtl_bargaining_conditions(name):
   """``a_k (G a)_k >= 1``, with equality on the active constraints (every one
   where the loop stopped after two steps: the paper's ``G a = 1/a``)."""
