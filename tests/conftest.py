@@ -13,7 +13,10 @@
   variable is exported, so the subprocess tests compile the same way. A
   test whose tolerance is set by the optimised program's rounding (vmap
   against a loop) carries ``@pytest.mark.full_optimization``, and so
-  does every test that shares its cached runs (tests/test_sweeps.py).
+  does every test that shares its cached runs (tests/test_sweeps.py). The
+  ``slow`` tier compiles fully too: its solver-heavy cases spend their time
+  running, not compiling (the vmapped Nash-MTL fuzz case ran for minutes
+  unoptimised, seconds optimised).
   ``SOFTADAPT_JAX_TEST_FULL_OPT=1`` compiles everything fully, as users do.
 """
 
@@ -41,23 +44,27 @@ if _FAST_COMPILE:
   jax.config.update("jax_disable_most_optimizations", True)
 
 
-@pytest.fixture(autouse=True)
-def _full_optimization(request):
-  """Compile fully inside tests marked ``full_optimization``.
+_full = [not _FAST_COMPILE]  # the mode programs are compiled in now
 
-  The in-memory caches do not key on the flag, so they are cleared on the way
-  in and out: no program compiled one way runs in a test of the other.
-  """
-  if not (_FAST_COMPILE and request.node.get_closest_marker("full_optimization")):
-    yield
-    return
-  jax.clear_caches()
-  jax.config.update("jax_disable_most_optimizations", False)
-  try:
-    yield
-  finally:
+
+def _compile_fully(full: bool) -> None:
+  """Switch the mode; the in-memory caches do not key on it, so clear them."""
+  if _full[0] != full:
     jax.clear_caches()
-    jax.config.update("jax_disable_most_optimizations", True)
+    jax.config.update("jax_disable_most_optimizations", not full)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0" if full else "1"
+    _full[0] = full
+
+
+@pytest.fixture(autouse=True)
+def _optimization(request) -> None:
+  """Compile fully inside tests marked ``full_optimization`` or ``slow``."""
+  if _FAST_COMPILE:
+    node = request.node
+    _compile_fully(
+        node.get_closest_marker("full_optimization") is not None
+        or node.get_closest_marker("slow") is not None
+    )
 
 
 # The longest single tests (a subprocess each, 10-20 s) go first, so that
