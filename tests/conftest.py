@@ -8,16 +8,15 @@
 - XLA compiles without its expensive LLVM passes
   (``jax_disable_most_optimizations``; HLO passes and fusion still run): the
   suite compiles thousands of small programs and runs each a few times, so
-  compiling is most of its time; this cut the suite by about a tenth (392 to
-  355 s on the same loaded machine; one solver-heavy file 69 to 55 s). The
-  variable is exported, so the subprocess tests compile the same way. A
-  test whose tolerance is set by the optimised program's rounding (vmap
-  against a loop) carries ``@pytest.mark.full_optimization``, and so
-  does every test that shares its cached runs (tests/test_sweeps.py). The
-  ``slow`` tier compiles fully too: its solver-heavy cases spend their time
-  running, not compiling (the vmapped Nash-MTL fuzz case ran for minutes
-  unoptimised, seconds optimised).
-  ``SOFTADAPT_JAX_TEST_FULL_OPT=1`` compiles everything fully, as users do.
+  compiling is most of its time. Measured on a fresh clone (``bash
+  .ci/run``, 2 cores): 296 s before, 244 s after. The variable is exported,
+  so the subprocess tests compile the same way. A test whose tolerance is
+  set by the optimised program's rounding (vmap against a loop) carries
+  ``@pytest.mark.full_optimization``, and so does every test that shares its
+  cached runs (tests/test_sweeps.py). The ``slow`` tier compiles fully, as
+  before: its cases are the solver-heavy ones, where running can outweigh
+  compiling. ``SOFTADAPT_JAX_TEST_FULL_OPT=1`` compiles everything fully,
+  as users do.
 """
 
 import os
@@ -44,16 +43,12 @@ if _FAST_COMPILE:
   jax.config.update("jax_disable_most_optimizations", True)
 
 
-_full = [not _FAST_COMPILE]  # the mode programs are compiled in now
-
-
 def _compile_fully(full: bool) -> None:
   """Switch the mode; the in-memory caches do not key on it, so clear them."""
-  if _full[0] != full:
+  if jax.config.values["jax_disable_most_optimizations"] == full:
     jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", not full)
     os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0" if full else "1"
-    _full[0] = full
 
 
 @pytest.fixture(autouse=True)
