@@ -38,17 +38,19 @@ if os.environ.get("SOFTADAPT_JAX_TEST_CACHE", "1") != "0":
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 _FAST_COMPILE = os.environ.get("SOFTADAPT_JAX_TEST_FULL_OPT", "0") != "1"
-if _FAST_COMPILE:
-  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # for subprocesses
-  jax.config.update("jax_disable_most_optimizations", True)
 
 
 def _compile_fully(full: bool) -> None:
-  """Switch the mode; the in-memory caches do not key on it, so clear them."""
+  """Switch the mode (here and, through the variable, in subprocesses); the
+  in-memory caches do not key on it, so clear them."""
   if jax.config.values["jax_disable_most_optimizations"] == full:
     jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", not full)
     os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0" if full else "1"
+
+
+if _FAST_COMPILE:
+  _compile_fully(False)
 
 
 @pytest.fixture(autouse=True)
