@@ -39,6 +39,7 @@ from helpers import (  # isort: skip
     params,
     quadratic_problem,
     scan_rule,
+    stable_seed,
     true_statistics,
 )
 
@@ -370,13 +371,14 @@ def test_strict_dtype_promotion_and_unusual_params(name):
     assert h["h"].dtype == jnp.bfloat16
 
 
-# Fuzz: ten thousand random histories per rule, in one compiled program.
-FUZZ_RUNS, FUZZ_STEPS = 10_000, 8
+# Fuzz: ten thousand random histories per rule (``RuleCase.fuzz_runs``), in
+# one compiled program.
+FUZZ_STEPS = 8
 
 
-def _fuzz_histories(seed: int) -> np.ndarray:
+def _fuzz_histories(seed: int, runs: int) -> np.ndarray:
   rng = np.random.default_rng(seed)
-  magnitude = 10.0 ** rng.uniform(-38, 38, size=(FUZZ_RUNS, FUZZ_STEPS, K))
+  magnitude = 10.0 ** rng.uniform(-38, 38, size=(runs, FUZZ_STEPS, K))
   sign = np.where(rng.random(magnitude.shape) < 0.2, -1.0, 1.0)
   h = (magnitude * sign).astype(np.float32)
   h[rng.random(h.shape) < 0.05] = 0.0
@@ -389,11 +391,11 @@ def _fuzz_histories(seed: int) -> np.ndarray:
 @pytest.mark.parametrize("name", ALL)
 def test_fuzz_random_histories_give_valid_weights(name):
   case = RULES[name]
-  histories = _fuzz_histories(hash(name) % 2**16)
+  histories = _fuzz_histories(stable_seed(name), case.fuzz_runs)
   hs = jnp.asarray(
-      np.random.default_rng(1).choice(case.hypers, size=FUZZ_RUNS), jnp.float32
+      np.random.default_rng(1).choice(case.hypers, size=case.fuzz_runs), jnp.float32
   )
-  keys = jax.random.split(jax.random.key(0), FUZZ_RUNS)
+  keys = jax.random.split(jax.random.key(0), case.fuzz_runs)
 
   @jax.jit
   def run(hs, keys, histories):
