@@ -17,6 +17,13 @@
   before: its cases are the solver-heavy ones, where running can outweigh
   compiling. ``SOFTADAPT_JAX_TEST_FULL_OPT=1`` compiles everything fully,
   as users do.
+- Every compiled program JAX keeps alive holds about 13 memory mappings: a
+  process that keeps a few thousand reaches the kernel's limit
+  (``vm.max_map_count``, 65,530 here) and XLA crashes with a segmentation
+  fault in its next compile (measured: ``pytest -m slow
+  tests/test_contract.py`` in one process, 65,417 mappings at the crash).
+  After a test that leaves more than ``_MAX_MAPPINGS``, JAX's caches are
+  cleared.
 """
 
 import os
@@ -62,6 +69,18 @@ def _optimization(request) -> None:
         node.get_closest_marker("full_optimization") is not None
         or node.get_closest_marker("slow") is not None
     )
+
+
+_MAX_MAPPINGS = 30_000
+_MAPS = pathlib.Path("/proc/self/maps")
+
+
+@pytest.fixture(autouse=True)
+def _bounded_mappings():
+  """Clear JAX's caches when the compiled programs near the mapping limit."""
+  yield
+  if _MAPS.exists() and _MAPS.read_bytes().count(b"\n") > _MAX_MAPPINGS:
+    jax.clear_caches()
 
 
 # The longest single tests (a subprocess each, 10-20 s) go first, so that
