@@ -23,14 +23,14 @@ import softadapt_jax as sa
 from softadapt_jax import _statistics as st
 
 K = 3
+NAMES = ("residual", "boundary", "initial")
+STEPS = 12
 
 
 def stable_seed(*parts: Any) -> int:
   """A seed from ``parts`` that is the same in every process (``hash`` of a
   string is salted per process, so a failure it seeds could not be rerun)."""
   return zlib.crc32(repr(parts).encode())
-NAMES = ("residual", "boundary", "initial")
-STEPS = 12
 
 
 @dataclasses.dataclass(frozen=True)
