@@ -73,7 +73,15 @@ METHODS: dict[str, Method] = {
     "softadapt_log": lambda n: sa.softadapt(
         n, beta=1.0, log_losses=True, scale_by_num_losses=True
     ),
-    "ratio_softadapt": lambda n: sa.ratio_softadapt(n),
+    "ratio_softadapt": lambda n: sa.ratio_softadapt(n),  # PhysicsNeMo's T = 1
+    # The peers' other temperatures: NeuralPDE.jl's T = 10 (its reference
+    # losses refreshed at each reweight, here every step) and jNO's T = 0.1.
+    "ratio_softadapt_neuralpde": lambda n: sa.ratio_softadapt(
+        n, **sa.RATIO_SOFTADAPT_CONVENTIONS["neuralpde"]
+    ),
+    "ratio_softadapt_jno": lambda n: sa.ratio_softadapt(
+        n, **sa.RATIO_SOFTADAPT_CONVENTIONS["jno"]
+    ),
     "dwa": lambda n: sa.dwa(n, steps_per_epoch=100),
     "relobralo": lambda n: sa.relobralo(n),
     "relobralo_t1": lambda n: sa.relobralo(n, **sa.RELOBRALO_CONVENTIONS["author_cli"]),
