@@ -73,7 +73,7 @@ def per_epoch(
   Example:
     >>> import jax.numpy as jnp
     >>> import softadapt_jax as sa
-    >>> rule = sa.per_epoch(sa.ratio_softadapt(2, epsilon=0.0), 2)
+    >>> rule = sa.per_epoch(sa.ratio_softadapt(2, temperature=1.0, epsilon=0.0), 2)
     >>> state = rule.init()
     >>> for losses in ([1.0, 4.0], [3.0, 4.0], [1.0, 4.0], [1.0, 2.0]):
     ...   w, state = rule.update(state, jnp.array(losses))

@@ -45,16 +45,18 @@ def family_rules(
   Every rule's weights sum to 1 (``scale_by_num_losses=False`` where a rule
   scales to ``K`` by default: the same rule with a ``K`` times smaller step
   size), as do equal weights ``1/K`` and SoftAdapt's, so that the convention
-  never decides a comparison. Ratio SoftAdapt's defaults are the
-  PhysicsNeMo-Sym convention (``T = 1``, ``eps = 1e-8``, ``lookback =
-  "previous"``). DWA is fed epoch means with ``steps_per_epoch > 1``.
+  never decides a comparison. Ratio SoftAdapt runs in the PhysicsNeMo-Sym
+  convention (``T = 1``, ``eps = 1e-8``, ``lookback = "previous"``; its
+  default when these studies ran). DWA is fed epoch means with
+  ``steps_per_epoch > 1``.
   """
   k = num_losses
   dwa = sa.dwa(k, scale_by_num_losses=False)
   return {
       "log-slope SoftAdapt (defaults)": sa.softadapt(k, log_losses=True),
-      "ratio SoftAdapt (defaults = PhysicsNeMo)": sa.ratio_softadapt(
-          k, scale_by_num_losses=False
+      "ratio SoftAdapt (PhysicsNeMo, T = 1)": sa.ratio_softadapt(
+          k, **{**sa.RATIO_SOFTADAPT_CONVENTIONS["physicsnemo"],
+                "scale_by_num_losses": False},
       ),
       "DWA (defaults)": (
           sa.per_epoch(dwa, steps_per_epoch) if steps_per_epoch > 1 else dwa

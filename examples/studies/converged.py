@@ -73,9 +73,13 @@ METHODS: dict[str, Method] = {
     "softadapt_log": lambda n: sa.softadapt(
         n, beta=1.0, log_losses=True, scale_by_num_losses=True
     ),
-    "ratio_softadapt": lambda n: sa.ratio_softadapt(n),  # PhysicsNeMo's T = 1
-    # The peers' other temperatures: NeuralPDE.jl's T = 10 (its reference
-    # losses refreshed at each reweight, here every step) and jNO's T = 0.1.
+    # Ratio SoftAdapt in three peers' conventions: PhysicsNeMo's T = 1 (the
+    # default until these runs), NeuralPDE.jl's T = 10 (the default since;
+    # its reference losses refreshed at each reweight, here every step) and
+    # jNO's T = 0.1.
+    "ratio_softadapt": lambda n: sa.ratio_softadapt(
+        n, **sa.RATIO_SOFTADAPT_CONVENTIONS["physicsnemo"]
+    ),
     "ratio_softadapt_neuralpde": lambda n: sa.ratio_softadapt(
         n, **sa.RATIO_SOFTADAPT_CONVENTIONS["neuralpde"]
     ),

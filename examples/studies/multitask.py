@@ -124,7 +124,14 @@ METHODS: dict[str, Method] = {
     "softadapt_log": lambda s: sa.softadapt(
         s.names, beta=1.0, log_losses=True, scale_by_num_losses=True
     ),
-    "ratio_softadapt": lambda s: sa.ratio_softadapt(s.names),
+    # PhysicsNeMo's T = 1 (the default until the converged PINN runs) and
+    # NeuralPDE.jl's T = 10 (the default since).
+    "ratio_softadapt": lambda s: sa.ratio_softadapt(
+        s.names, **sa.RATIO_SOFTADAPT_CONVENTIONS["physicsnemo"]
+    ),
+    "ratio_softadapt_neuralpde": lambda s: sa.ratio_softadapt(
+        s.names, **sa.RATIO_SOFTADAPT_CONVENTIONS["neuralpde"]
+    ),
     "dwa": lambda s: sa.dwa(
         s.names, steps_per_epoch=s.steps_per_epoch if s.steps_per_epoch > 1 else None
     ),
