@@ -103,6 +103,17 @@ def test_ratio_jno():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_ratio_defaults_are_neuralpde_temperature_every_step():
+  """The default: PhysicsNeMo's settings with NeuralPDE.jl's T = 10."""
+  got, _ = _run(sa.ratio_softadapt(K))
+  want = _ratio_reference(LOSSES, 10.0, K, 1e-8)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  neuralpde, _ = _run(
+      sa.ratio_softadapt(K, **sa.RATIO_SOFTADAPT_CONVENTIONS["neuralpde"])
+  )
+  np.testing.assert_allclose(got, neuralpde, rtol=1e-6)
+
+
 def test_ratio_is_scale_free():
   rule = sa.ratio_softadapt(K, epsilon=0.0)
   a, _ = _run(rule)
