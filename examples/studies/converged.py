@@ -73,25 +73,25 @@ METHODS: dict[str, Method] = {
     "softadapt_log": lambda n: sa.softadapt(
         n, beta=1.0, log_losses=True, scale_by_num_losses=True
     ),
+    # SoftAdapt at other betas (Helmholtz and Poisson C = 8 only): the
+    # normalized (L1) variant's weights differ by a factor exp(beta) at most.
+    **{
+        f"softadapt_normalized_b{beta:g}": (lambda beta: lambda n: sa.softadapt(
+            n, beta=beta, variant="normalized", normalization="l1",
+            scale_by_num_losses=True,
+        ))(beta)
+        for beta in (1.0, 10.0)
+    },
+    **{
+        f"softadapt_log_b{beta:g}": (lambda beta: lambda n: sa.softadapt(
+            n, beta=beta, log_losses=True, scale_by_num_losses=True
+        ))(beta)
+        for beta in (0.1, 10.0)
+    },
     # Ratio SoftAdapt in three peers' conventions: PhysicsNeMo's T = 1 (the
     # default until these runs), NeuralPDE.jl's T = 10 (the default since;
     # its reference losses refreshed at each reweight, here every step) and
     # jNO's T = 0.1.
-    # SoftAdapt at other betas (Helmholtz and Poisson C = 8 only): the
-    # normalized (L1) variant's weights differ by a factor exp(beta) at most.
-    **{
-        f"softadapt_{variant}_b{beta:g}": (
-            lambda variant, beta: lambda n: sa.softadapt(
-                n, beta=beta, scale_by_num_losses=True,
-                **({"variant": "normalized", "normalization": "l1"}
-                   if variant == "normalized" else {"log_losses": True}),
-            )
-        )(variant, beta)
-        for variant, beta in (
-            ("normalized", 1.0), ("normalized", 10.0),
-            ("log", 0.1), ("log", 10.0),
-        )
-    },
     "ratio_softadapt": lambda n: sa.ratio_softadapt(
         n, **sa.RATIO_SOFTADAPT_CONVENTIONS["physicsnemo"]
     ),
