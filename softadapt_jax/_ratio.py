@@ -111,8 +111,8 @@ def ratio_softadapt(
   jinns' ``T = 1`` was the default until the converged studies: on the
   published Poisson ``sin(8 pi x)`` PINN it failed 6 of 20 seeds, 3 of them
   seeds where equal weights ended at 0.05-0.38, against 4 for ``T = 10`` and 3
-  for equal weights; no temperature beat equal weights on any benchmark
-  there (``docs/studies.md``).
+  for equal weights. No temperature beat equal weights' median on the
+  studies' PINNs or their multi-task digits (``docs/studies.md``).
 
   Args:
     num_losses: ``K``, or the names of the losses, or a ``PyTreeDef``.

@@ -55,8 +55,7 @@ def family_rules(
   return {
       "log-slope SoftAdapt (defaults)": sa.softadapt(k, log_losses=True),
       "ratio SoftAdapt (PhysicsNeMo, T = 1)": sa.ratio_softadapt(
-          k, **{**sa.RATIO_SOFTADAPT_CONVENTIONS["physicsnemo"],
-                "scale_by_num_losses": False},
+          k, temperature=1.0, scale_by_num_losses=False
       ),
       "DWA (defaults)": (
           sa.per_epoch(dwa, steps_per_epoch) if steps_per_epoch > 1 else dwa
